@@ -1,0 +1,190 @@
+"""The one timing harness every lesson uses: warm-up, device sync, N repeats, robust statistics.
+
+Introduced in ``00_environment.ipynb``. ::
+
+    r = bench.benchmark(lambda: model(x), name="eager bs8", items=8, warmup=3, repeat=20)
+    r.median_ms, r.p90_ms, r.throughput        # latency of one call, items per second
+    df = bench.to_frame([r1, r2]); bench.bar_chart(df)
+
+On CUDA the time of each call is taken with CUDA events (``torch.cuda.Event``) and the stream is
+synchronised, so asynchronous kernel launches are not mistaken for finished work. On CPU a
+monotonic wall clock (``time.perf_counter``) is used. Timings are *reported*, never asserted:
+the tests check this module's arithmetic with a fake clock.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+
+def percentile(values: Iterable[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) with linear interpolation between order statistics (numpy's default)."""
+    xs = sorted(values)
+    if not xs:
+        raise ValueError("percentile of an empty list")
+    if not 0 <= q <= 100:
+        raise ValueError(f"q must be in [0, 100], got {q}")
+    pos = (len(xs) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+@dataclass
+class BenchResult:
+    """Times (seconds) of ``repeat`` timed calls of one function, each processing ``items`` items."""
+
+    name: str
+    times_s: list[float]
+    items: int = 1
+    unit: str = "items"
+    warmup: int = 0
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times_s)
+
+    @property
+    def median_ms(self) -> float:
+        return self.median_s * 1e3
+
+    @property
+    def p90_ms(self) -> float:
+        return percentile(self.times_s, 90) * 1e3
+
+    @property
+    def min_ms(self) -> float:
+        return min(self.times_s) * 1e3
+
+    @property
+    def mean_ms(self) -> float:
+        return statistics.fmean(self.times_s) * 1e3
+
+    @property
+    def throughput(self) -> float:
+        """Items per second at the median latency (``items / median_s``)."""
+        return self.items / self.median_s if self.median_s > 0 else float("inf")
+
+    def as_row(self) -> dict:
+        """A flat dict, one pandas row: name, device, items, latency statistics, throughput, extras."""
+        return {
+            "name": self.name,
+            "device": self.device,
+            "items": self.items,
+            "repeat": len(self.times_s),
+            "median_ms": self.median_ms,
+            "p90_ms": self.p90_ms,
+            "min_ms": self.min_ms,
+            "mean_ms": self.mean_ms,
+            f"{self.unit}/s": self.throughput,
+            **self.extra,
+        }
+
+    def __str__(self) -> str:
+        return (
+            f"{self.name}: median {self.median_ms:.3f} ms, p90 {self.p90_ms:.3f} ms, "
+            f"min {self.min_ms:.3f} ms, {self.throughput:,.1f} {self.unit}/s ({len(self.times_s)} runs, {self.device})"
+        )
+
+
+def _is_cuda(device: str | None) -> bool:
+    return bool(device) and str(device).startswith("cuda")
+
+
+def benchmark(
+    fn: Callable[[], object],
+    *,
+    name: str = "",
+    items: int = 1,
+    unit: str = "items",
+    warmup: int = 3,
+    repeat: int = 10,
+    device: str | None = "cpu",
+    clock: Callable[[], float] = time.perf_counter,
+    extra: dict | None = None,
+) -> BenchResult:
+    """Call ``fn`` ``warmup`` times untimed, then ``repeat`` times timed; return a :class:`BenchResult`.
+
+    ``items`` is how many items (samples, tokens, queries) one call processes; ``device`` decides the
+    synchronisation (``"cuda..."``: CUDA events + synchronize). ``clock`` is injectable for tests.
+    """
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    if items < 1:
+        raise ValueError(f"items must be >= 1, got {items}")
+    cuda = _is_cuda(device)
+    if cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available")
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+        for _ in range(repeat):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)  # ms -> s
+    else:
+        for _ in range(repeat):
+            t0 = clock()
+            fn()
+            times.append(clock() - t0)
+    return BenchResult(
+        name=name or getattr(fn, "__name__", "fn"),
+        times_s=times,
+        items=items,
+        unit=unit,
+        warmup=warmup,
+        device=str(device or "cpu"),
+        extra=dict(extra or {}),
+    )
+
+
+def to_frame(results: Iterable[BenchResult]):
+    """A pandas DataFrame with one row per result (see :meth:`BenchResult.as_row`)."""
+    import pandas as pd
+
+    return pd.DataFrame([r.as_row() for r in results])
+
+
+def bar_chart(results, column: str | None = None, ax=None, title: str | None = None, label: str = "name"):
+    """A horizontal bar chart of ``column`` (default: the throughput column) per result; returns the Axes.
+
+    ``results`` is a list of :class:`BenchResult` or a DataFrame made by :func:`to_frame`.
+    """
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = results if isinstance(results, pd.DataFrame) else to_frame(results)
+    if column is None:
+        candidates = [c for c in df.columns if c.endswith("/s")]
+        if not candidates:
+            raise ValueError("no throughput column found; pass column=")
+        column = candidates[0]
+    if column not in df.columns:
+        raise ValueError(f"column {column!r} not in results (have: {', '.join(map(str, df.columns))})")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 0.45 * len(df) + 1.2))
+    ax.barh(df[label].astype(str), df[column])
+    for y, v in enumerate(df[column]):
+        ax.annotate(f"{v:,.3g}", (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(column)
+    ax.set_title(title or column)
+    ax.figure.tight_layout()
+    return ax

@@ -1,0 +1,362 @@
+"""What hardware am I on — devices, GPU count, utilisation sampling, visible skips, versions.
+
+Introduced in ``00_environment.ipynb``; every later lesson uses :func:`device`,
+:class:`UtilizationSampler` and :func:`have_gpus` / :func:`require_gpus`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+
+class SkipLesson(Exception):
+    """Raised when a notebook (or a whole lesson) cannot run here; the message is a human sentence.
+
+    The runner reports the notebook as *skipped* with this sentence as its reason, never as a pass.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Devices
+# --------------------------------------------------------------------------------------------
+
+
+def _nvml():
+    """Initialised ``pynvml`` module, or ``None`` when there is no NVIDIA driver (or no package)."""
+    try:
+        import pynvml  # from nvidia-ml-py
+
+        pynvml.nvmlInit()
+        return pynvml
+    except Exception:  # no driver, no library, no permission: all mean "no NVIDIA GPU here"
+        return None
+
+
+def gpu_count() -> int:
+    """Number of CUDA GPUs torch can use (0 on a CPU-only machine or a CPU build of torch)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
+
+
+def device(prefer: str | None = None) -> str:
+    """The best device torch can use: ``"cuda"``, then ``"mps"``, then ``"cpu"``.
+
+    ``prefer`` (e.g. ``"cpu"``) forces a choice; an unavailable preference raises ``ValueError``.
+    """
+    import torch
+
+    available = ["cpu"]
+    if torch.cuda.is_available():
+        available.insert(0, "cuda")
+    elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        available.insert(0, "mps")
+    if prefer is None:
+        return available[0]
+    kind = prefer.split(":")[0]
+    if kind not in available:
+        raise ValueError(f"device {prefer!r} is not available here (available: {', '.join(available)})")
+    return prefer
+
+
+def _gpu_phrase(n: int) -> str:
+    return f"{n} GPU" if n == 1 else f"{n} GPUs"
+
+
+def require_gpus(n: int, what: str = "this lesson") -> int:
+    """Raise :class:`SkipLesson` unless at least ``n`` GPUs are present; returns the count found."""
+    found = gpu_count()
+    if found < n:
+        raise SkipLesson(f"skipped: {what} needs {_gpu_phrase(n)} (found {found})")
+    return found
+
+
+def skip_note(reason: str) -> str:
+    """Show a visible skip note in the notebook output (and stdout); returns the sentence."""
+    text = reason if reason.lower().startswith("skipped") else f"skipped: {reason}"
+    line = f"⏭  {text}"
+    try:  # a Markdown callout in Jupyter, plain text elsewhere
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+
+        if get_ipython() is not None:
+            display(Markdown(f"> **⏭ {text}**"))
+        else:
+            print(line)
+    except ImportError:
+        print(line)
+    from course_lib import report  # late import: report imports nothing from here
+
+    report.note_skip(text)
+    return text
+
+
+def have_gpus(n: int, what: str) -> bool:
+    """True when ``n`` GPUs are present; otherwise show the skip note for ``what`` and return False.
+
+    For GPU-only *sections* of a notebook that otherwise runs on CPU::
+
+        if hw.have_gpus(1, "CUDA-stream sweep"):
+            ...
+    """
+    try:
+        require_gpus(n, what)
+        return True
+    except SkipLesson as e:
+        skip_note(str(e))
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Utilisation sampling
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeviceStats:
+    """Max/mean utilisation (percent) and memory (MiB) of one device over a sampling window."""
+
+    device: str
+    util_max: float
+    util_mean: float
+    mem_max_mib: float
+    mem_mean_mib: float
+    samples: int
+
+    def as_row(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class UtilizationSampler:
+    """Background thread sampling per-GPU utilisation and memory (pynvml), or CPU when no GPU.
+
+    Use as a context manager around the work to observe::
+
+        with hw.UtilizationSampler(interval=0.1) as s:
+            run_benchmark()
+        s.summary()   # {device: DeviceStats}
+
+    On NVIDIA machines it reports ``cuda:i`` for each GPU (``nvmlDeviceGetUtilizationRates``,
+    ``nvmlDeviceGetMemoryInfo``). Without a driver it falls back to psutil and reports
+    ``cpu:system`` (all cores, percent of the machine, memory in use) and ``cpu:process``
+    (this process and its children, percent of the machine, resident memory).
+    """
+
+    interval: float = 0.1
+    gpus: list[int] | None = None  # None: all GPUs nvml sees
+    pid: int | None = None  # process to attribute for the CPU fallback (default: this one)
+    backend: str = field(init=False, default="")
+    trace: list[tuple[float, str, float, float]] = field(init=False, default_factory=list)
+
+    def __post_init__(self):
+        if not self.interval > 0:
+            raise ValueError(f"interval must be > 0 seconds, got {self.interval!r}")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._nvml = _nvml()
+        self._handles = []
+        if self._nvml is not None:
+            count = self._nvml.nvmlDeviceGetCount()
+            ids = list(range(count)) if self.gpus is None else list(self.gpus)
+            self._handles = [(i, self._nvml.nvmlDeviceGetHandleByIndex(i)) for i in ids if i < count]
+        self.backend = "pynvml" if self._handles else "psutil"
+        self._proc = psutil.Process(self.pid or os.getpid())
+
+    # -- one sample ---------------------------------------------------------------------------
+    def _procs(self):
+        try:
+            return [self._proc, *self._proc.children(recursive=True)]
+        except psutil.Error:
+            return [self._proc]
+
+    def sample_once(self) -> list[tuple[str, float, float]]:
+        """Take one sample now: a list of ``(device, util_percent, mem_mib)``."""
+        out = []
+        if self._handles:
+            nv = self._nvml
+            for i, h in self._handles:
+                util = float(nv.nvmlDeviceGetUtilizationRates(h).gpu)
+                mem = nv.nvmlDeviceGetMemoryInfo(h).used / 2**20
+                out.append((f"cuda:{i}", util, mem))
+            return out
+        ncpu = psutil.cpu_count() or 1
+        sys_util = psutil.cpu_percent(interval=None)
+        proc_util, rss = 0.0, 0.0
+        for p in self._procs():
+            try:
+                proc_util += p.cpu_percent(interval=None)
+                rss += p.memory_info().rss
+            except psutil.Error:
+                continue
+        out.append(("cpu:system", float(sys_util), psutil.virtual_memory().used / 2**20))
+        out.append(("cpu:process", min(100.0, proc_util / ncpu), rss / 2**20))
+        return out
+
+    # -- thread -------------------------------------------------------------------------------
+    def _run(self):
+        t0 = time.perf_counter()
+        while not self._stop.wait(self.interval):
+            now = time.perf_counter() - t0
+            for dev, util, mem in self.sample_once():
+                self.trace.append((now, dev, util, mem))
+
+    def start(self) -> "UtilizationSampler":
+        if self._thread is not None:
+            raise RuntimeError("this sampler is already running; use a new one per window")
+        self.sample_once()  # primes psutil's cpu_percent counters (first call always returns 0)
+        self._thread = threading.Thread(target=self._run, name="UtilizationSampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, DeviceStats]:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        if not self.trace:  # a window shorter than one interval still gets one sample
+            for dev, util, mem in self.sample_once():
+                self.trace.append((0.0, dev, util, mem))
+        return self.summary()
+
+    def __enter__(self) -> "UtilizationSampler":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- results ------------------------------------------------------------------------------
+    def summary(self) -> dict[str, DeviceStats]:
+        """Max/mean utilisation and memory per device over the samples taken so far."""
+        by_dev: dict[str, list[tuple[float, float]]] = {}
+        for _, dev, util, mem in self.trace:
+            by_dev.setdefault(dev, []).append((util, mem))
+        return {
+            dev: DeviceStats(
+                device=dev,
+                util_max=max(u for u, _ in vals),
+                util_mean=statistics.fmean(u for u, _ in vals),
+                mem_max_mib=max(m for _, m in vals),
+                mem_mean_mib=statistics.fmean(m for _, m in vals),
+                samples=len(vals),
+            )
+            for dev, vals in by_dev.items()
+        }
+
+    def frame(self):
+        """All samples as a pandas DataFrame (columns: t, device, util, mem_mib) for plotting."""
+        import pandas as pd
+
+        return pd.DataFrame(self.trace, columns=["t", "device", "util", "mem_mib"])
+
+
+# --------------------------------------------------------------------------------------------
+# Versions and hardware report
+# --------------------------------------------------------------------------------------------
+
+# (display name, distribution name, pinned version or None)
+PACKAGES: list[tuple[str, str, str | None]] = [
+    ("torch", "torch", "2.13.0"),
+    ("numpy", "numpy", None),
+    ("pandas", "pandas", None),
+    ("transformers", "transformers", None),
+    ("tritonclient", "tritonclient", None),
+    ("nvidia-pytriton", "nvidia-pytriton", "0.7.0"),
+    ("deepspeed", "deepspeed", None),
+    ("gguf", "gguf", None),
+    ("tvm", "apache-tvm", "0.27.0.post1"),
+    ("tvm-ffi", "apache-tvm-ffi", "0.1.14.post1"),
+    ("xgboost", "xgboost-cpu", None),
+    ("pytorch-quantization", "pytorch-quantization", "2.1.3"),
+    ("modelopt", "nvidia-modelopt", None),
+    ("onnx", "onnx", None),
+    ("onnxruntime", "onnxruntime", None),
+    ("pycocotools", "pycocotools", None),
+    ("papermill", "papermill", None),
+]
+
+
+def _dist_version(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def versions() -> list[dict]:
+    """Installed version of each package the course uses; missing ones say ``"not installed"``.
+
+    Reads package metadata only (nothing is imported), so it never raises ImportError. Rows
+    carry the course's pin and whether the installed version matches it.
+    """
+    rows = [{"package": "python", "version": platform.python_version(), "pinned": "", "ok": True}]
+    for name, dist, pin in PACKAGES:
+        v = _dist_version(dist)
+        if v is None and dist == "xgboost-cpu":
+            v = _dist_version("xgboost")
+        ver = v or "not installed"
+        base = (v or "").split("+")[0]
+        ok = v is not None and (pin is None or base == pin)
+        rows.append({"package": name, "version": ver, "pinned": pin or "", "ok": ok})
+    return rows
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> list[dict]:
+    """One row per compute device: the CPU, then each GPU (name, memory) or a 'none' row."""
+    vm = psutil.virtual_memory()
+    rows = [
+        {
+            "device": "cpu",
+            "name": _cpu_model(),
+            "cores": f"{psutil.cpu_count(logical=False) or '?'} physical / {psutil.cpu_count()} logical",
+            "memory_gib": round(vm.total / 2**30, 1),
+        }
+    ]
+    nv = _nvml()
+    if nv is not None and nv.nvmlDeviceGetCount() > 0:
+        for i in range(nv.nvmlDeviceGetCount()):
+            h = nv.nvmlDeviceGetHandleByIndex(i)
+            name = nv.nvmlDeviceGetName(h)
+            rows.append(
+                {
+                    "device": f"cuda:{i}",
+                    "name": name.decode() if isinstance(name, bytes) else name,
+                    "cores": "",
+                    "memory_gib": round(nv.nvmlDeviceGetMemoryInfo(h).total / 2**30, 1),
+                }
+            )
+    else:
+        rows.append({"device": "gpu", "name": "none (no NVIDIA driver found)", "cores": "", "memory_gib": 0.0})
+    return rows
+
+
+def summary_line() -> str:
+    """One line: python, torch, device, GPU count — printed by the first cell of every lesson."""
+    torch_v = _dist_version("torch") or "not installed"
+    n = gpu_count()
+    return (
+        f"python {platform.python_version()} · torch {torch_v} · {psutil.cpu_count()} CPU threads · "
+        f"{_gpu_phrase(n) if n else 'no GPU'} · {sys.platform}"
+    )
