@@ -48,12 +48,13 @@ def record(name: str, value: float, unit: str = "") -> float:
         raise ValueError(
             f"metric name {name!r} must be dotted and lesson-prefixed, e.g. 'l1.cls_accuracy'"
         )
-    if isinstance(value, bool) or not isinstance(value, Real):
-        # numpy / torch scalars: accept anything that converts exactly to float
+    if hasattr(value, "item") and not isinstance(value, Real):  # numpy / torch scalars
         try:
-            value = float(value.item() if hasattr(value, "item") else value)  # type: ignore[union-attr]
+            value = value.item()  # type: ignore[union-attr]
         except (TypeError, ValueError):
-            raise TypeError(f"metric {name}: value must be a number, got {type(value).__name__}") from None
+            pass
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"metric {name}: value must be a number, got {type(value).__name__}")
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"metric {name}: value must be finite, got {value}")

@@ -1,0 +1,156 @@
+"""The `course` runner end to end on fixture notebooks that pass, fail and skip."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from conftest import FIXTURES, ROOT
+from course_lib import runner
+
+NB = FIXTURES / "notebooks"
+PROFILES = FIXTURES / "profiles.yaml"
+
+
+def course(*args, cwd=ROOT):
+    """Run the real command line (python -m course_lib) and return the completed process."""
+    return subprocess.run([sys.executable, "-m", "course_lib", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def fixture_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    proc = course("run", "--profile", "cpu", "--out", str(out), "--notebooks", str(NB), "--profiles", str(PROFILES), "--no-progress")
+    return proc, out
+
+
+def test_run_keeps_going_and_reports_each_status(fixture_run):
+    proc, out = fixture_run
+    assert proc.returncode == 1, proc.stderr  # one notebook failed
+    assert "1 ok, 1 failed, 1 skipped" in proc.stdout
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["profile"] == "cpu" and rep["started"].endswith("+00:00")
+    nbs = rep["notebooks"]
+    assert list(nbs) == ["00_pass", "01_fail", "02_skip"]
+    for entry in nbs.values():
+        assert set(entry) == {"status", "seconds", "error", "skip_reason", "metrics"}
+        assert entry["seconds"] > 0
+
+    ok, failed, skipped = nbs["00_pass"], nbs["01_fail"], nbs["02_skip"]
+    assert ok["status"] == "ok" and ok["error"] is None and ok["skip_reason"] is None
+    # the cpu profile's parameter (size: 3) reached the notebook; record() twice keeps the last value
+    assert ok["metrics"] == {"t0.size": {"value": 30.0, "unit": "items"}, "t0.is_gpu": {"value": 0.0, "unit": ""}}
+
+    assert failed["status"] == "failed"
+    assert failed["error"] == "ValueError: second line of the message"
+    assert failed["metrics"] == {"t1.before_failure": {"value": 1.0, "unit": ""}}  # recorded before it failed
+
+    assert skipped["status"] == "skipped" and skipped["error"] is None
+    assert skipped["skip_reason"] == "skipped: this fixture needs 64 GPUs (found 0)"
+
+    md = (out / "report.md").read_text()
+    assert "| 01_fail | ❌ failed |" in md and "this fixture needs 64 GPUs" in md and "| t0.size | 30 | items |" in md
+
+
+def test_outputs_are_written_to_out_and_sources_stay_clean(fixture_run):
+    _, out = fixture_run
+    executed = nbformat.read(out / "00_pass.ipynb", as_version=4)
+    assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
+    assert (out / "01_fail.ipynb").exists()  # the failing notebook is kept, error cell included
+    for src in NB.glob("*.ipynb"):
+        assert not any(c.get("outputs") for c in nbformat.read(src, as_version=4).cells if c.cell_type == "code")
+    assert not list(out.glob(".*.metrics.json"))  # side files are collected and removed
+
+
+def test_gpu_profile_passes_gpu_parameters(tmp_path):
+    status, doc = runner.run(["00"], profile="gpu", out=tmp_path, notebooks=NB, profiles=PROFILES, progress=False)
+    assert status == 0
+    assert doc["profile"] == "gpu"
+    assert doc["notebooks"]["00_pass"]["metrics"]["t0.size"]["value"] == 3000.0
+    assert doc["notebooks"]["00_pass"]["metrics"]["t0.is_gpu"]["value"] == 1.0
+
+
+def test_list_shows_titles_extras_and_needs():
+    proc = course("list", "--notebooks", str(NB), "--profiles", str(PROFILES))
+    assert proc.returncode == 0
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["notebook", "extra", "needs", "title"]
+    assert lines[1].split(None, 3) == ["00_pass", "core", "cpu", "Fixture that passes"]
+    assert lines[3].split(None, 3) == ["02_skip", "core", "gpu", "Fixture that skips"]
+
+
+def test_list_of_the_course_itself():
+    proc = course("list")
+    assert proc.returncode == 0
+    assert "00_environment" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "nope"], "'nope' is not a notebook of this course"),
+        (["run", "--profile", "tpu"], "unknown profile 'tpu'"),
+        (["run", "--kernel", "no-such-kernel"], "no Jupyter kernel named 'no-such-kernel'"),
+        (["run", "--timeout", "0"], "--timeout must be a positive"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    out = tmp_path / "out"
+    proc = course(*args, "--out", str(out), "--notebooks", str(NB), "--profiles", str(PROFILES)) if args[0] == "run" else course(*args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere; permissions cannot be tested")
+def test_unwritable_out_dir(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    proc = course("run", "--out", str(locked / "out"), "--notebooks", str(NB), "--profiles", str(PROFILES))
+    assert proc.returncode == 2 and "not writable" in proc.stderr
+
+
+def test_unwritable_out_dir_even_as_root(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    proc = course("run", "--out", str(blocker / "out"), "--notebooks", str(NB), "--profiles", str(PROFILES))
+    assert proc.returncode == 2 and "not writable" in proc.stderr
+    assert blocker.read_text() == "a file, not a folder"
+
+
+def test_out_dir_may_not_be_the_sources(tmp_path):
+    nb = tmp_path / "nbs"
+    shutil.copytree(NB, nb)
+    proc = course("run", "--out", str(nb), "--notebooks", str(nb), "--profiles", str(PROFILES))
+    assert proc.returncode == 2 and "source notebooks folder" in proc.stderr
+
+
+def test_clean_strips_outputs(tmp_path, fixture_run):
+    _, out = fixture_run
+    nb_dir = tmp_path / "nbs"
+    nb_dir.mkdir()
+    shutil.copy(out / "00_pass.ipynb", nb_dir / "00_pass.ipynb")
+    assert course("clean", "--check", "--notebooks", str(nb_dir)).returncode == 1
+    proc = course("clean", "--notebooks", str(nb_dir))
+    assert proc.returncode == 0 and "1 notebook(s) cleaned: 00_pass.ipynb" in proc.stdout
+    nb = nbformat.read(nb_dir / "00_pass.ipynb", as_version=4)
+    assert all(c.outputs == [] and c.execution_count is None for c in nb.cells if c.cell_type == "code")
+    assert "papermill" not in nb.metadata
+    assert course("clean", "--check", "--notebooks", str(nb_dir)).returncode == 0
+
+
+def test_course_notebooks_are_committed_clean_with_a_parameters_cell():
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name} has outputs: run `course clean`"
+        params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+        assert len(params) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
+        assert "profile" in params[0].source, f"{path.name}: the parameters cell must define `profile`"
+        assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), f"{path.name}: first cell is the title"
