@@ -303,7 +303,7 @@ def run(
     """Execute notebooks; returns ``(exit_status, report_dict)``. Raises :class:`UsageError` on bad input."""
     nb_dir = Path(notebooks) if notebooks else paths.notebooks_dir()
     prof_file = Path(profiles) if profiles else paths.profiles_file()
-    out_dir = Path(out)
+    out_dir = Path(out).absolute()  # the kernel runs in the notebook's folder: pass it absolute paths
     # Every check happens before anything is written.
     resolved = resolve_profile(profile)
     specs = select(discover(nb_dir, prof_file), names)

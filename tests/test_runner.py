@@ -74,6 +74,13 @@ def test_gpu_profile_passes_gpu_parameters(tmp_path):
     assert doc["notebooks"]["00_pass"]["metrics"]["t0.is_gpu"]["value"] == 1.0
 
 
+def test_relative_out_dir_is_taken_from_the_callers_folder(tmp_path):
+    proc = course("run", "00", "--profile", "cpu", "--out", "rel/out", "--notebooks", str(NB), "--profiles", str(PROFILES), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads((tmp_path / "rel" / "out" / "report.json").read_text())
+    assert rep["notebooks"]["00_pass"]["metrics"]["t0.size"]["value"] == 30.0
+
+
 def test_list_shows_titles_extras_and_needs():
     proc = course("list", "--notebooks", str(NB), "--profiles", str(PROFILES))
     assert proc.returncode == 0
