@@ -169,3 +169,18 @@ def test_a_job_past_its_wall_clock_limit_is_killed(tmp_path):
     with pytest.raises(LaunchTimeout, match="ran past its 3 s limit"):
         launch(["single"], world_size=1, model=TINY, device="cpu", timeout_s=3, out_dir=tmp_path)
     assert time.perf_counter() - t0 < 20
+
+
+def test_communication_estimates_known_answer():
+    from course_lib.parallel import analysis
+    from course_lib.parallel.model import build_model, param_count
+
+    rows = {r["strategy"]: r for r in analysis.communication(TINY, world_size=2, batch=4, seq_len=16)}
+    act_mib = 4 * 16 * 64 * 4 / 2**20
+    # tensor: 2 all-reduces per layer x 3 layers, ring all-reduce sends 2(N-1)/N = 1x the tensor per rank
+    assert rows["tensor"]["messages"] == 6
+    assert rows["tensor"]["mib_sent_per_rank"] == pytest.approx(6 * act_mib)
+    # fsdp: half of all parameter bytes leave each rank per forward (tied decoder weight counted once)
+    params_mib = param_count(build_model(TINY)) * 4 / 2**20
+    assert rows["fsdp"]["mib_sent_per_rank"] == pytest.approx(params_mib / 2)
+    assert rows["pipeline"]["mib_sent_per_rank"] == pytest.approx(act_mib)
