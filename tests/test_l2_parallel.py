@@ -32,6 +32,20 @@ def test_uneven_stage_split():
         split_layers(2, 3)
 
 
+def test_flops_balanced_split_moves_layers_off_the_head_stage():
+    from course_lib.parallel.model import balanced_layers, stage_flops
+
+    even = split_layers(12, 4)
+    bal = balanced_layers("base", 4, 128)
+    assert sum(len(b) for b in bal) == 12 and bal[0].start == 0 and bal[-1].stop == 12
+    assert all(a.stop == b.start for a, b in zip(bal, bal[1:]))
+    assert max(stage_flops("base", bal, 128)) < max(stage_flops("base", even, 128))
+    # no layer at all on the last stage when the head alone outweighs everything else
+    assert [len(b) for b in balanced_layers("tiny", 2, 16)] == [3, 0]
+    with pytest.raises(ValueError, match="balance must be"):
+        Run("pipeline", balance="magic")
+
+
 def test_microbatches_and_fsdp_rows_cover_the_batch():
     assert microbatches(10, 4) == [slice(0, 3), slice(3, 6), slice(6, 8), slice(8, 10)]
     with pytest.raises(ValueError, match="micro-batches"):
@@ -127,11 +141,12 @@ def test_deepspeed_without_gpu_is_a_skip_with_reason():
 @pytest.mark.slow
 def test_every_strategy_matches_single_on_two_gloo_ranks(tmp_path):
     runs = ["single", "tensor", "fsdp", "split", Run("pipeline"), Run("pipeline", microbatches=2),
-            Run("pipelining", microbatches=2), "deepspeed"]
+            Run("pipelining", microbatches=2), Run("pipeline", microbatches=2, balance="flops"), "deepspeed"]
     res = launch(runs, world_size=2, model=TINY, batch=4, seq_len=16, warmup=1, repeat=2,
                  device="cpu", out_dir=tmp_path, timeout_s=240)
     df = res.frame.set_index("strategy")
-    assert list(df.index) == ["single", "tensor", "fsdp", "split", "pipeline", "pipeline m=2", "pipelining m=2"]
+    assert list(df.index) == ["single", "tensor", "fsdp", "split", "pipeline", "pipeline m=2", "pipelining m=2",
+                              "pipeline m=2 (flops)"]
     for label, diff in df["parity_max_abs_diff"].items():
         assert diff < 1e-4, f"{label}: max abs diff {diff}"
     assert df.loc["single", "parity_max_abs_diff"] == 0.0  # same seed, same weights, same kernels
@@ -139,6 +154,8 @@ def test_every_strategy_matches_single_on_two_gloo_ranks(tmp_path):
     assert df.loc["tensor", "world_size"] == 2 and df.loc["single", "world_size"] == 1
     # uneven split: 3 layers over 2 stages
     assert df.loc["pipeline", "info"]["layers_per_stage"] == [2, 1]
+    # head-aware split: the vocab-sized decoder outweighs all 3 tiny layers, so the last stage keeps only the head
+    assert df.loc["pipeline m=2 (flops)", "info"]["layers_per_stage"] == [3, 0]
     # FSDP holds about half the parameters per rank
     assert df.loc["fsdp", "param_mib_per_rank"] < 0.6 * df.loc["single", "param_mib_per_rank"]
     assert df.loc["split", "info"]["transfers_per_call"] > 0

@@ -47,15 +47,20 @@ class Run:
     microbatches: int = 1
     streams: int = 1
     devices: int | None = None  # split: how many devices (default: world_size)
+    balance: str = "layers"  # pipelines: "layers" (equal counts, the seed's way) or "flops" (head-aware)
     label: str | None = None
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r} (choose from {', '.join(STRATEGIES)})")
+        if self.balance not in ("layers", "flops"):
+            raise ValueError(f"balance must be 'layers' or 'flops', got {self.balance!r}")
         if self.label is None:
             lab = self.strategy
             if self.strategy in ("pipeline", "pipelining") and self.microbatches > 1:
                 lab += f" m={self.microbatches}"
+            if self.strategy in ("pipeline", "pipelining") and self.balance != "layers":
+                lab += f" ({self.balance})"
             if self.streams > 1:
                 lab += f" s={self.streams}"
             self.label = lab
@@ -283,6 +288,7 @@ def collect(out: Path, plan_runs: list[dict]):
             "batch": r0["batch"],
             "seq_len": r0["seq_len"],
             "microbatches": r0["microbatches"],
+            "balance": r0.get("balance", "layers"),
             "streams": r0["streams"],
             "qps": min(r["qps"] for r in recs),
             "p50_ms": max(r["p50_ms"] for r in recs),

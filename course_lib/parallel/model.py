@@ -126,3 +126,62 @@ def split_layers(num_layers: int, num_stages: int) -> list[range]:
         out.append(range(start, start + n))
         start += n
     return out
+
+
+def layer_flops(model_config, seq_len: int) -> float:
+    """FLOPs of one encoder layer per sequence of ``seq_len`` tokens (matmuls only) (02)."""
+    cfg = as_config(model_config)
+    h, i, t = cfg.hidden_size, cfg.intermediate_size, seq_len
+    return 2 * t * (4 * h * h + 2 * h * i) + 2 * 2 * t * t * h  # q,k,v,o + MLP + QK^T and PV
+
+
+def head_flops(model_config, seq_len: int) -> float:
+    """FLOPs of the MLM head (transform + vocab decoder) per sequence (02)."""
+    cfg = as_config(model_config)
+    h, v = cfg.hidden_size, cfg.vocab_size
+    return 2 * seq_len * (h * h + h * v)
+
+
+def stage_flops(model_config, bounds: list[range], seq_len: int) -> list[float]:
+    """FLOPs per sequence of each pipeline stage (the last one includes the MLM head) (02)."""
+    lf, hf = layer_flops(model_config, seq_len), head_flops(model_config, seq_len)
+    return [len(b) * lf + (hf if s == len(bounds) - 1 else 0.0) for s, b in enumerate(bounds)]
+
+
+def balanced_layers(model_config, num_stages: int, seq_len: int) -> list[range]:
+    """Contiguous layer ranges minimising the slowest stage's FLOPs, counting the MLM head on the last stage (02).
+
+    Splitting by layer count ignores that the last stage also runs the vocab-sized decoder; this
+    moves layers off the last stage instead. Middle stages keep at least one layer; the last stage
+    may hold only the head.
+    """
+    cfg = as_config(model_config)
+    L, S = cfg.num_hidden_layers, num_stages
+    if S < 1:
+        raise ValueError(f"num_stages must be >= 1, got {S}")
+    if L < max(1, S - 1):
+        raise ValueError(f"cannot split {L} encoder layers over {S} pipeline stages")
+    lf, hf = layer_flops(cfg, seq_len), head_flops(cfg, seq_len)
+    INF = float("inf")
+    # best[s][k]: min over splits of the first k layers into stages 0..s of the max stage cost
+    best = [[INF] * (L + 1) for _ in range(S)]
+    cut = [[0] * (L + 1) for _ in range(S)]
+    for k in range(L + 1):
+        best[0][k] = k * lf + (hf if S == 1 else 0.0)
+    for s in range(1, S):
+        last = s == S - 1
+        for k in range(L + 1):
+            for j in range(k + 1):  # stage s takes layers j..k-1
+                n = k - j
+                if n == 0 and not last:
+                    continue
+                cost = max(best[s - 1][j], n * lf + (hf if last else 0.0))
+                if cost < best[s][k] - 1e-9:
+                    best[s][k], cut[s][k] = cost, j
+    bounds, k = [], L
+    for s in range(S - 1, 0, -1):
+        j = cut[s][k]
+        bounds.append(range(j, k))
+        k = j
+    bounds.append(range(0, k))
+    return bounds[::-1]

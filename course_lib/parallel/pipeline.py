@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from course_lib.parallel.base import Runner
-from course_lib.parallel.model import as_config, build_model, split_layers
+from course_lib.parallel.model import as_config, balanced_layers, build_model, split_layers
 
 
 class Stage(nn.Module):
@@ -39,10 +39,20 @@ class Stage(nn.Module):
         return h.contiguous()
 
 
-def make_stage(model_config, world, seed: int = 0) -> Stage:
+def stage_bounds(model_config, num_stages: int, balance: str = "layers", seq_len: int = 128) -> list[range]:
+    """Layer ranges per stage: ``"layers"`` (equal layer counts, the seed's way) or ``"flops"`` (head-aware) (02)."""
+    cfg = as_config(model_config)
+    if balance == "layers":
+        return split_layers(cfg.num_hidden_layers, num_stages)
+    if balance == "flops":
+        return balanced_layers(cfg, num_stages, seq_len)
+    raise ValueError(f"balance must be 'layers' or 'flops', got {balance!r}")
+
+
+def make_stage(model_config, world, seed: int = 0, bounds: list[range] | None = None) -> Stage:
     """This rank's :class:`Stage` (built from the full seeded model, the rest dropped) (02)."""
     cfg = as_config(model_config)
-    bounds = split_layers(cfg.num_hidden_layers, world.world_size)
+    bounds = bounds or split_layers(cfg.num_hidden_layers, world.world_size)
     model = build_model(cfg, seed=seed)
     r = world.rank
     stage = Stage(model, bounds[r], first=r == 0, last=r == world.world_size - 1)
@@ -63,12 +73,17 @@ def microbatches(n_rows: int, n: int) -> list[slice]:
     return out
 
 
-def build(model_config, world, microbatches_per_batch: int = 1, max_inflight: int | None = None) -> Runner:
-    """The hand-written send/recv pipeline; callable → logits on the last rank, ``None`` elsewhere (02)."""
+def build(model_config, world, microbatches_per_batch: int = 1, max_inflight: int | None = None,
+          balance: str = "layers", seq_len: int = 128) -> Runner:
+    """The hand-written send/recv pipeline; callable → logits on the last rank, ``None`` elsewhere (02).
+
+    ``balance="flops"`` places layers so the stage FLOPs (MLM head included) are as even as possible.
+    """
     import torch.distributed as dist
 
     cfg = as_config(model_config)
-    stage = make_stage(cfg, world)
+    bounds = stage_bounds(cfg, world.world_size, balance, seq_len)
+    stage = make_stage(cfg, world, bounds=bounds)
     r, n = world.rank, world.world_size
     dev = world.device
     pending: deque = deque()  # (work handle, header, tensor): tensors must live until the send is done
@@ -108,6 +123,6 @@ def build(model_config, world, microbatches_per_batch: int = 1, max_inflight: in
             h2.wait()
         world.sync()
 
-    bounds = split_layers(cfg.num_hidden_layers, n)
     return Runner("pipeline", world, fn, modules=[stage], sync=sync,
-                  info={"layers_per_stage": [len(b) for b in bounds], "microbatches": microbatches_per_batch})
+                  info={"layers_per_stage": [len(b) for b in bounds], "microbatches": microbatches_per_batch,
+                        "balance": balance})

@@ -8,17 +8,18 @@ micro-batches through the stages. Forward only (``schedule.eval``), no loss.
 from __future__ import annotations
 
 from course_lib.parallel.base import Runner
-from course_lib.parallel.model import as_config, split_layers
-from course_lib.parallel.pipeline import make_stage
+from course_lib.parallel.model import as_config
+from course_lib.parallel.pipeline import make_stage, stage_bounds
 
 
-def build(model_config, world, microbatches_per_batch: int = 1) -> Runner:
+def build(model_config, world, microbatches_per_batch: int = 1, balance: str = "layers", seq_len: int = 128) -> Runner:
     """``PipelineStage`` + ``ScheduleGPipe`` over all ranks; callable → logits on the last rank (02)."""
     import torch
     from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
 
     cfg = as_config(model_config)
-    stage_mod = make_stage(cfg, world)
+    bounds = stage_bounds(cfg, world.world_size, balance, seq_len)
+    stage_mod = make_stage(cfg, world, bounds=bounds)
     stage = PipelineStage(stage_mod, world.rank, world.world_size, torch.device(world.device))
     schedule = ScheduleGPipe(stage, n_microbatches=microbatches_per_batch)
     first, last = world.rank == 0, world.rank == world.world_size - 1
@@ -32,6 +33,6 @@ def build(model_config, world, microbatches_per_batch: int = 1) -> Runner:
             out = schedule.eval()
         return out if last else None
 
-    bounds = split_layers(cfg.num_hidden_layers, world.world_size)
     return Runner("pipelining", world, fn, modules=[stage_mod],
-                  info={"layers_per_stage": [len(b) for b in bounds], "microbatches": microbatches_per_batch})
+                  info={"layers_per_stage": [len(b) for b in bounds], "microbatches": microbatches_per_batch,
+                        "balance": balance})

@@ -74,6 +74,8 @@ def run_one(run: dict, plan: dict, world, batch, ref) -> dict:
     kwargs = {}
     if name in ("pipeline", "pipelining"):
         kwargs["microbatches_per_batch"] = int(run.get("microbatches", 1))
+        kwargs["balance"] = run.get("balance", "layers")
+        kwargs["seq_len"] = batch.seq_len
     if name == "split":
         kwargs["devices"] = run["devices"]
     t0 = time.perf_counter()
@@ -124,6 +126,7 @@ def run_one(run: dict, plan: dict, world, batch, ref) -> dict:
         "seq_len": batch.seq_len,
         "microbatches": int(run.get("microbatches", 1)),
         "streams": int(run.get("streams", 1)),
+        "balance": run.get("balance", "layers"),
         "parity_max_abs_diff": parity,
         "times_s": lat.times_s,
         "p50_ms": lat.median_ms,
