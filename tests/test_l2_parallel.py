@@ -201,3 +201,14 @@ def test_communication_estimates_known_answer():
     params_mib = param_count(build_model(TINY)) * 4 / 2**20
     assert rows["fsdp"]["mib_sent_per_rank"] == pytest.approx(params_mib / 2)
     assert rows["pipeline"]["mib_sent_per_rank"] == pytest.approx(act_mib)
+
+
+def test_stream_chunks_map_to_the_right_reference_rows():
+    from course_lib.parallel.base import Runner
+    from course_lib.parallel.worker import expected_rows
+
+    ref = torch.arange(8.0)[:, None]
+    # an FSDP-like runner on rank 1 of 2 takes the second half of whatever batch it gets
+    runner = Runner("x", World(rank=1, world_size=2), lambda b: None, rows=lambda b: rows_of(1, 2, b))
+    assert expected_rows(runner, ref, 1).flatten().tolist() == [4, 5, 6, 7]
+    assert expected_rows(runner, ref, 2).flatten().tolist() == [2, 3, 6, 7]

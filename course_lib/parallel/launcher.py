@@ -169,13 +169,17 @@ def launch(
     oversubscribe: bool = False,
     fail_rank: int | None = None,
     out_dir: str | os.PathLike | None = None,
-    verbose: bool = False,
+    torchrun_args: list[str] | None = None,
 ) -> LaunchResult:
     """Run ``runs`` (strategy names or :class:`Run`) on ``world_size`` torchrun ranks; returns a :class:`LaunchResult` (02).
 
     ``model`` is a preset name or ``{"preset": ..., **BertConfig overrides}``. Strategies that cannot
     run here (e.g. DeepSpeed without GPUs) are left out and listed in ``.skipped`` with the reason.
     ``fail_rank`` makes that rank raise right after start-up (to see fail-fast in action).
+    ``torchrun_args`` replaces ``--standalone`` (e.g. ``["--nnodes=2", "--node-rank=0",
+    "--rdzv-backend=c10d", "--rdzv-endpoint=host:29500"]`` for several nodes; start the same call on
+    every node with ``out_dir`` on a shared file system so the ranks' JSON files meet in one place;
+    ``world_size`` is then the number of ranks per node).
     """
     import pandas as pd
 
@@ -228,7 +232,8 @@ def launch(
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["OMP_NUM_THREADS"] = str(threads)
     env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world_size}",
+    rdzv = list(torchrun_args) if torchrun_args else ["--standalone"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *rdzv, f"--nproc_per_node={world_size}",
            "--max-restarts=0", "--monitor-interval=0.2",
            "-m", "course_lib.parallel.worker", "--plan", str(out / "plan.json"), "--out", str(out)]
     log = out / "torchrun.log"

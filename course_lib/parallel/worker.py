@@ -45,6 +45,19 @@ def _with_streams(runner, streams: int):
     return fn
 
 
+def expected_rows(runner, ref, streams: int = 1):
+    """The reference rows this rank's output should equal (each stream chunk sliced like the runner slices it)."""
+    import torch
+
+    if streams <= 1:
+        return ref[runner.rows(ref.shape[0])]
+    parts = []
+    for chunk in torch.arange(ref.shape[0]).tensor_split(streams):
+        sub = ref[chunk]
+        parts.append(sub[runner.rows(sub.shape[0])])
+    return torch.cat(parts)
+
+
 def _util_rows(summary: dict, devices: list[str]) -> list[dict]:
     rows = []
     for dev in devices:
@@ -87,8 +100,7 @@ def run_one(run: dict, plan: dict, world, batch, ref) -> dict:
     runner.sync()
     parity = None
     if out is not None:
-        rows = runner.rows(batch.size)
-        parity = float((out.detach().float().cpu() - ref[rows]).abs().max())
+        parity = float((out.detach().float().cpu() - expected_rows(runner, ref, int(run.get("streams", 1)))).abs().max())
 
     devices = run.get("devices") or [world.device]
     cuda = any(str(d).startswith("cuda") for d in devices)
