@@ -168,6 +168,7 @@ def launch(
     sample_interval: float = 0.1,
     oversubscribe: bool = False,
     fail_rank: int | None = None,
+    hang_rank: int | None = None,
     out_dir: str | os.PathLike | None = None,
     torchrun_args: list[str] | None = None,
 ) -> LaunchResult:
@@ -175,7 +176,9 @@ def launch(
 
     ``model`` is a preset name or ``{"preset": ..., **BertConfig overrides}``. Strategies that cannot
     run here (e.g. DeepSpeed without GPUs) are left out and listed in ``.skipped`` with the reason.
-    ``fail_rank`` makes that rank raise right after start-up (to see fail-fast in action).
+    ``fail_rank`` makes that rank raise right after start-up (to see fail-fast in action);
+    ``hang_rank`` makes that rank stall before its first collective, so the others hit the
+    collective timeout (``collective_timeout_s``).
     ``torchrun_args`` replaces ``--standalone`` (e.g. ``["--nnodes=2", "--node-rank=0",
     "--rdzv-backend=c10d", "--rdzv-endpoint=host:29500"]`` for several nodes; start the same call on
     every node with ``out_dir`` on a shared file system so the ranks' JSON files meet in one place;
@@ -216,7 +219,7 @@ def launch(
     threads = threads or max(1, cores // world_size)
     plan = dict(model=model_spec, batch=batch, seq_len=seq_len, warmup=warmup, repeat=repeat,
                 timeout_s=collective_timeout_s, sample_interval=sample_interval, threads=threads,
-                runs=plan_runs, fail_rank=fail_rank)
+                runs=plan_runs, fail_rank=fail_rank, hang_rank=hang_rank)
 
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="l2-launch-"))
     out.mkdir(parents=True, exist_ok=True)

@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         world = init_world(timeout_s=plan.get("timeout_s", 120))
         if plan.get("fail_rank") == rank:
             raise RuntimeError(f"injected failure on rank {rank} (fail_rank={rank})")
+        if plan.get("hang_rank") == rank:  # never reaches the first collective: the others must time out
+            time.sleep(3600)
         batch = make_batch(plan["batch"], plan["seq_len"], seed=plan.get("seed", 1))
         ref = reference_logits(plan["model"], batch)
         world.sync()
