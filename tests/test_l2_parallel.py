@@ -165,6 +165,8 @@ def test_every_strategy_matches_single_on_two_gloo_ranks(tmp_path):
     assert list(ranks[ranks.label == "single"]["rank"]) == [0]
     if importlib.util.find_spec("deepspeed") is None:
         assert "not installed" in res.skipped["deepspeed"]
+    tr = res.traces
+    assert set(tr[tr.label == "tensor"]["rank"]) == {0, 1} and (tr["util"] >= 0).all()
 
 
 @pytest.mark.slow

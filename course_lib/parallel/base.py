@@ -30,9 +30,11 @@ class Runner:
             return self._fn(batch)
 
     def rows(self, batch_size: int) -> slice:
+        """Rows of a global batch of ``batch_size`` that this rank's output holds."""
         return self._rows(batch_size) if self._rows else slice(0, batch_size)
 
     def sync(self) -> None:
+        """Block until this rank's queued work (and, for collectives, every rank) is done."""
         if self._sync is not None:
             self._sync()
         else:

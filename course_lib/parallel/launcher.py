@@ -7,6 +7,7 @@
     res.frame      # one row per run: strategy, world_size, batch, seq_len, qps, p50/p90, util, memory, parity
     res.ranks      # one row per rank (and device) per run
     res.skipped    # {strategy: reason} for strategies that cannot run here
+    res.traces     # utilisation samples over time, per rank
 
 The Jupyter kernel never runs a collective: this writes a plan, starts
 ``python -m torch.distributed.run --standalone --nproc_per_node=N -m course_lib.parallel.worker``
@@ -76,6 +77,7 @@ class LaunchResult:
     seconds: float = 0.0
     out_dir: str = ""
     log_tail: str = ""
+    traces: object = None  # utilisation samples over time: label, strategy, rank, t, device, util
 
 
 def unavailable_reason(strategy: str, world_size: int = 1, gpus: int | None = None) -> str | None:
@@ -266,20 +268,22 @@ def launch(
             f"the {world_size}-rank job failed (exit {rc}) after {seconds:.1f} s: {first or 'see log'}\n"
             + (errs or _tail(log))
         )
-    ranks, summary = collect(out, plan_runs)
-    return LaunchResult(summary, ranks, skipped, seconds, str(out), _tail(log, 2000))
+    ranks, summary, traces = collect(out, plan_runs)
+    return LaunchResult(summary, ranks, skipped, seconds, str(out), _tail(log, 2000), traces)
 
 
 def collect(out: Path, plan_runs: list[dict]):
-    """Read ``run*_rank*.json`` into (per-rank frame, per-run summary frame) (02)."""
+    """Read ``run*_rank*.json`` into (per-rank frame, per-run summary frame, utilisation traces) (02)."""
     import pandas as pd
 
-    rank_rows, summary = [], []
+    rank_rows, summary, traces = [], [], []
     for i, run in enumerate(plan_runs):
         recs = [json.loads(f.read_text(encoding="utf-8")) for f in sorted(out.glob(f"run{i}_rank*.json"))]
         if not recs:
             raise RankFailed(f"run {i} ({run['strategy']}) wrote no results in {out}")
         for rec in recs:
+            traces += [{"label": rec["label"], "strategy": rec["strategy"], "rank": rec["rank"], "t": t,
+                        "device": d, "util": u} for t, d, u in rec.get("util_trace", [])]
             for u in rec["util"] or [{"device": rec["device"], "util_max": float("nan"), "util_mean": float("nan")}]:
                 rank_rows.append({"label": rec["label"], "strategy": rec["strategy"], "rank": rec["rank"],
                                   "device": u["device"], "util_max": u["util_max"], "util_mean": u["util_mean"],
@@ -308,4 +312,4 @@ def collect(out: Path, plan_runs: list[dict]):
             "parity_max_abs_diff": max(diffs) if diffs else float("nan"),
             "info": r0["info"],
         })
-    return pd.DataFrame(rank_rows), pd.DataFrame(summary)
+    return pd.DataFrame(rank_rows), pd.DataFrame(summary), pd.DataFrame(traces)

@@ -75,13 +75,16 @@ class Batch:
 
     @property
     def size(self) -> int:
+        """Sequences in the batch."""
         return int(self.input_ids.shape[0])
 
     @property
     def seq_len(self) -> int:
+        """Tokens per sequence."""
         return int(self.input_ids.shape[1])
 
     def to(self, device) -> "Batch":
+        """The same batch on ``device``."""
         return Batch(self.input_ids.to(device), dict(self.meta))
 
 

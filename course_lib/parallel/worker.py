@@ -118,6 +118,8 @@ def run_one(run: dict, plan: dict, world, batch, ref) -> dict:
         stream_s = time.perf_counter() - t0
     summary = sampler.summary()
     util = _util_rows(summary, [str(d) for d in devices])
+    keys = {u["device"] for u in util}
+    trace = [(round(t, 3), d, u) for t, d, u, _ in sampler.trace if d in keys]
     if cuda:
         peak = max(torch.cuda.max_memory_allocated(torch.device(d)) for d in set(devices)) / 2**20
     else:
@@ -146,6 +148,7 @@ def run_one(run: dict, plan: dict, world, batch, ref) -> dict:
         "stream_s": stream_s,
         "qps": plan["repeat"] * batch.size / stream_s,
         "util": util,
+        "util_trace": trace,
         "peak_mem_mib": peak,
         "param_mib": runner.local_param_mib(),
         "build_s": build_s,

@@ -33,6 +33,7 @@ class World:
 
     @property
     def is_cuda(self) -> bool:
+        """True when this rank computes on a CUDA device."""
         return self.device.startswith("cuda")
 
     def sync(self) -> None:
