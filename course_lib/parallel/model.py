@@ -99,13 +99,15 @@ def make_batch(batch: int, seq_len: int, vocab_size: int = VOCAB_SIZE, seed: int
     return Batch(ids)
 
 
-def reference_logits(model_config, batch: Batch, seed: int = 0):
-    """The single-device fp32 logits every strategy is compared with (02)."""
+def reference_logits(model_config, batch: Batch, seed: int = 0, device: str = "cpu"):
+    """The single-device fp32 logits every strategy is compared with, computed on ``device``, returned on CPU (02)."""
     import torch
 
-    model = build_model(model_config, seed=seed)
+    model = build_model(model_config, seed=seed, device=device)
     with torch.no_grad():
-        return model(input_ids=batch.input_ids).logits
+        out = model(input_ids=batch.input_ids.to(device)).logits.cpu()
+    del model
+    return out
 
 
 def split_layers(num_layers: int, num_stages: int) -> list[range]:

@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         if plan.get("hang_rank") == rank:  # never reaches the first collective: the others must time out
             time.sleep(3600)
         batch = make_batch(plan["batch"], plan["seq_len"], seed=plan.get("seed", 1))
-        ref = reference_logits(plan["model"], batch)
+        ref = reference_logits(plan["model"], batch, device=world.device)
         world.sync()
         for i, run in enumerate(plan["runs"]):
             if run["strategy"] not in SINGLE_PROCESS or rank == 0:
