@@ -49,7 +49,7 @@ class NotebookSpec:
     title: str
     extra: str = "core"
     needs: str = "cpu"
-    timeout: int = DEFAULT_CELL_TIMEOUT
+    timeout: dict = field(default_factory=dict)  # profile name -> seconds per cell
     params: dict = field(default_factory=dict)  # profile name -> parameters
 
     @property
@@ -101,11 +101,23 @@ def discover(notebooks: Path, profiles: Path) -> list[NotebookSpec]:
                 title=notebook_title(path),
                 extra=str(entry.get("extra", "core")),
                 needs=str(entry.get("needs", "cpu")),
-                timeout=int(entry.get("timeout", DEFAULT_CELL_TIMEOUT)),
+                timeout=_timeouts(path.stem, entry.get("timeout", DEFAULT_CELL_TIMEOUT)),
                 params={p: dict(entry.get(p) or {}) for p in ("cpu", "gpu")},
             )
         )
     return specs
+
+
+def _timeouts(stem: str, value) -> dict:
+    """``timeout: 600`` (both profiles) or ``timeout: {cpu: 600, gpu: 3600}`` -> {profile: seconds}."""
+    raw = value if isinstance(value, dict) else {"cpu": value, "gpu": value}
+    try:
+        out = {p: int(raw.get(p, DEFAULT_CELL_TIMEOUT)) for p in ("cpu", "gpu")}
+    except (TypeError, ValueError):
+        raise UsageError(f"profiles: {stem}.timeout must be seconds or {{cpu: S, gpu: S}}, got {value!r}") from None
+    if min(out.values()) <= 0:
+        raise UsageError(f"profiles: {stem}.timeout must be positive, got {value!r}")
+    return out
 
 
 def select(specs: list[NotebookSpec], names: list[str]) -> list[NotebookSpec]:
@@ -221,7 +233,7 @@ def execute_one(spec: NotebookSpec, profile: str, out: Path, kernel: str, timeou
             cwd=str(spec.path.parent),
             progress_bar=False,
             log_output=False,
-            execution_timeout=timeout or spec.timeout,
+            execution_timeout=timeout or spec.timeout.get(profile, DEFAULT_CELL_TIMEOUT),
         )
     except PapermillExecutionError as e:
         if e.ename == "SkipLesson":

@@ -81,6 +81,16 @@ def test_relative_out_dir_is_taken_from_the_callers_folder(tmp_path):
     assert rep["notebooks"]["00_pass"]["metrics"]["t0.size"]["value"] == 30.0
 
 
+def test_timeouts_per_profile(tmp_path):
+    specs = {s.stem: s for s in runner.discover(NB, PROFILES)}
+    assert specs["00_pass"].timeout == {"cpu": 120, "gpu": 120}
+    assert specs["01_fail"].timeout == {"cpu": 120, "gpu": 600}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("notebooks:\n  00_pass:\n    timeout: soon\n")
+    with pytest.raises(runner.UsageError, match="00_pass.timeout must be seconds"):
+        runner.discover(NB, bad)
+
+
 def test_list_shows_titles_extras_and_needs():
     proc = course("list", "--notebooks", str(NB), "--profiles", str(PROFILES))
     assert proc.returncode == 0
@@ -161,3 +171,21 @@ def test_course_notebooks_are_committed_clean_with_a_parameters_cell():
         assert len(params) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
         assert "profile" in params[0].source, f"{path.name}: the parameters cell must define `profile`"
         assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), f"{path.name}: first cell is the title"
+
+
+def test_papermill_sees_every_parameter_and_profiles_name_only_those():
+    """papermill parses the parameters cell line by line (a comment holding '=' can hide a name)."""
+    import ast
+
+    import papermill as pm
+
+    profiles = runner.load_profiles(ROOT / "ci" / "profiles.yaml")
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        assigned = {t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+        seen = set(pm.inspect_notebook(str(path)))
+        assert assigned == seen, f"{path.name}: papermill misses {sorted(assigned - seen)}"
+        for prof in ("cpu", "gpu"):
+            extra = set((profiles.get(path.stem) or {}).get(prof) or {}) - assigned
+            assert not extra, f"ci/profiles.yaml gives {path.stem} unknown {prof} parameters {sorted(extra)}"
