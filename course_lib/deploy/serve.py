@@ -1,0 +1,391 @@
+"""A real Triton Inference Server on 127.0.0.1 (nvidia-pytriton) serving the traced model, and a tritonclient load test.
+
+Introduced in ``01_torchscript_triton.ipynb``. ``nvidia-pytriton`` ships a real ``tritonserver`` binary
+whose only backend is Python: the traced TorchScript model runs inside a ``@batch`` Python function,
+and Triton's dynamic batcher (``dynamic_batching`` in the model config) merges concurrent requests
+into one call. ::
+
+    with TritonServer("model.pt", dynamic_batching=True) as srv:
+        cls, ner = infer(srv.url, feats.as_numpy(), srv.name)
+        row = load_test(srv.url, srv.name, payload, concurrency=16, n_requests=256)
+
+Facts this module works around (see ``shared/toolchain.md``): the Python-backend stub links the
+*system* ``libpython``, so ``LD_LIBRARY_PATH`` must point at the running interpreter's ``LIBDIR``;
+pytriton forces ``numpy<2``; one ``tritonclient.http`` client per thread (a shared one hung).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import sysconfig
+import threading
+import time
+from pathlib import Path
+
+from course_lib.deploy import missing_extra
+
+INPUT_NAMES = ("input_ids", "token_type_ids", "attention_mask")
+OUTPUT_NAMES = ("cls_logits", "ner_logits")
+
+
+class ServerNotRunning(ConnectionError):
+    """No Triton server answers at the URL (the message says how to start one)."""
+
+
+class TritonRequestError(RuntimeError):
+    """Triton rejected a request; the message holds Triton's own error text verbatim."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (bind to port 0 and read it back)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def fix_libpython_path() -> str:
+    """Prepend this interpreter's ``LIBDIR`` to ``LD_LIBRARY_PATH`` (the Python-backend stub needs *this* libpython)."""
+    libdir = sysconfig.get_config_var("LIBDIR") or str(Path(sys.base_prefix) / "lib")
+    cur = os.environ.get("LD_LIBRARY_PATH", "")
+    if libdir not in cur.split(":"):
+        os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{cur}" if cur else libdir
+    return libdir
+
+
+def start_command(model_path: str | Path = "model.pt", port: int = 8000) -> str:
+    """The shell command that starts this lesson's server (shown when none is running)."""
+    return f"python -m course_lib.deploy.serve --model {model_path} --http-port {port}"
+
+
+def _server_pids() -> list[int]:
+    import psutil
+
+    me = psutil.Process()
+    out = []
+    for p in me.children(recursive=True):
+        try:
+            if "tritonserver" in p.name() or "triton_python_backend_stub" in p.name():
+                out.append(p.pid)
+        except psutil.Error:
+            continue
+    return out
+
+
+class TritonServer:
+    """Context manager: start tritonserver (pytriton) on 127.0.0.1 serving a traced model; stop it on exit.
+
+    ``dynamic_batching=False`` serves with batching support but no dynamic batcher (each request runs
+    alone). Start and stop have timeouts; on exit any ``tritonserver``/stub process we started that is
+    still alive is killed by pid, so a failure never leaves an orphaned server behind.
+    """
+
+    def __init__(self, model, name: str = "address", dynamic_batching: bool = True, max_batch_size: int = 64,
+                 max_queue_delay_microseconds: int = 2000, preferred_batch_size: tuple[int, ...] | None = None,
+                 host: str = "127.0.0.1", http_port: int | None = None, start_timeout_s: float = 120.0,
+                 torch_threads: int | None = None, verbose: bool = False):
+        self.model_arg = model
+        self.name = name
+        self.dynamic_batching = dynamic_batching
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_microseconds = max_queue_delay_microseconds
+        self.preferred_batch_size = preferred_batch_size
+        self.host = host
+        self.http_port = http_port
+        self.start_timeout_s = start_timeout_s
+        self.torch_threads = torch_threads
+        self.verbose = verbose
+        self.batch_sizes: list[int] = []  # every batch the model function received (server side)
+        self._triton = None
+        self.startup_s: float | None = None
+
+    @property
+    def url(self) -> str:
+        """``host:port`` of the HTTP endpoint (what ``tritonclient.http`` takes)."""
+        return f"{self.host}:{self.http_port}"
+
+    def _load_model(self):
+        import torch
+
+        if isinstance(self.model_arg, (str, Path)):
+            return torch.jit.load(str(self.model_arg), map_location="cpu").eval()
+        return self.model_arg.eval()
+
+    def __enter__(self) -> "TritonServer":
+        try:
+            import numpy as np
+            import torch
+            from pytriton.decorators import batch
+            from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+            from pytriton.triton import Triton, TritonConfig
+        except ImportError:  # pragma: no cover
+            raise missing_extra("nvidia-pytriton") from None
+        fix_libpython_path()
+        model = self._load_model()
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        sizes = self.batch_sizes
+
+        @batch
+        def infer_fn(input_ids, token_type_ids, attention_mask):
+            sizes.append(int(input_ids.shape[0]))
+            with torch.no_grad():
+                c, n = model(torch.from_numpy(input_ids), torch.from_numpy(token_type_ids),
+                             torch.from_numpy(attention_mask))
+            return {"cls_logits": c.numpy(), "ner_logits": n.numpy()}
+
+        self.http_port = self.http_port or free_port(self.host)
+        cfg = TritonConfig(http_address=self.host, http_port=self.http_port, grpc_address=self.host,
+                           grpc_port=free_port(self.host), metrics_port=free_port(self.host),
+                           exit_timeout_secs=5, log_verbose=1 if self.verbose else 0)
+        batcher = (DynamicBatcher(max_queue_delay_microseconds=self.max_queue_delay_microseconds,
+                                  preferred_batch_size=list(self.preferred_batch_size or []) or None)
+                   if self.dynamic_batching else None)
+        t0 = time.perf_counter()
+        self._triton = Triton(config=cfg)
+        try:
+            self._triton.bind(
+                model_name=self.name,
+                infer_func=infer_fn,
+                inputs=[Tensor(name=n, dtype=np.int64, shape=(-1,)) for n in INPUT_NAMES],
+                outputs=[Tensor(name="cls_logits", dtype=np.float32, shape=(-1,)),
+                         Tensor(name="ner_logits", dtype=np.float32, shape=(-1, -1, -1))],
+                config=ModelConfig(max_batch_size=self.max_batch_size, batcher=batcher),
+                strict=False,
+            )
+            # run() in *this* thread: pytriton starts tritonserver with a parent-death signal, and on Linux the
+            # "parent" is the creating thread — run it in a helper thread and the server gets SIGTERM as soon
+            # as that thread ends. pytriton bounds the start itself (120 s server, 60 s model).
+            self._triton.run()
+            wait_ready(self.url, self.name, timeout_s=self.start_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_s = time.perf_counter() - t0
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the server (pytriton's stop, then kill by pid whatever of ours is still alive)."""
+        import psutil
+
+        tr, self._triton = self._triton, None
+        if tr is not None:
+            th = threading.Thread(target=tr.stop, daemon=True)
+            th.start()
+            th.join(timeout_s)
+        deadline = time.time() + 5
+        while _server_pids() and time.time() < deadline:
+            time.sleep(0.2)
+        for pid in _server_pids():
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _client(url: str, timeout_s: float):
+    try:
+        import tritonclient.http as httpclient
+    except ImportError:  # pragma: no cover
+        raise missing_extra("tritonclient[http]") from None
+    return httpclient.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
+
+
+def check_server(url: str, timeout_s: float = 3.0) -> None:
+    """Raise :class:`ServerNotRunning` (with the start command) unless a Triton server is live at ``url``."""
+    try:
+        live = _client(url, timeout_s).is_server_live()
+    except Exception as e:  # noqa: BLE001 - refused, timed out, DNS: all mean "not running here"
+        live, why = False, f"{type(e).__name__}: {e}"
+    else:
+        why = "server answered but is not live"
+    if not live:
+        port = url.rsplit(":", 1)[-1]
+        raise ServerNotRunning(
+            f"no Triton server is running at http://{url} ({why}).\n"
+            f"Start one with: {start_command(port=int(port) if port.isdigit() else 8000)}\n"
+            f"or, in the NGC container: tritonserver --model-repository=<model_repository>"
+        )
+
+
+def wait_ready(url: str, model: str, timeout_s: float = 60.0) -> None:
+    """Poll until ``model`` is ready at ``url``; TimeoutError after ``timeout_s``."""
+    deadline = time.time() + timeout_s
+    last = ""
+    while time.time() < deadline:
+        try:
+            if _client(url, 2.0).is_model_ready(model):
+                return
+        except Exception as e:  # noqa: BLE001
+            last = str(e)
+        time.sleep(0.2)
+    raise TimeoutError(f"model {model!r} not ready at {url} after {timeout_s:.0f}s {last}")
+
+
+def _make_inputs(arrays: dict):
+    import tritonclient.http as httpclient
+
+    inputs = []
+    for name in INPUT_NAMES:
+        if name not in arrays:
+            raise ValueError(f"missing input {name!r} (need {', '.join(INPUT_NAMES)})")
+        arr = arrays[name]
+        x = httpclient.InferInput(name, list(arr.shape), "INT64")
+        x.set_data_from_numpy(arr.astype("int64", copy=False))
+        inputs.append(x)
+    return inputs
+
+
+def infer(url: str, arrays: dict, model: str = "address", timeout_s: float = 10.0, client=None):
+    """One request: ``arrays`` = {input name: int64 array [batch, seq]} → (cls_logits, ner_logits) numpy arrays.
+
+    :class:`ServerNotRunning` if nothing listens at ``url``; :class:`TritonRequestError` carrying Triton's
+    message verbatim if the server rejects the request (wrong shape, dtype, unknown model...).
+    """
+    from tritonclient.utils import InferenceServerException
+
+    if client is None:
+        check_server(url, timeout_s=min(timeout_s, 3.0))
+        client = _client(url, timeout_s)
+    try:
+        res = client.infer(model, _make_inputs(arrays))
+    except InferenceServerException as e:
+        raise TritonRequestError(f"Triton rejected the request: {e.message()}") from None
+    return res.as_numpy("cls_logits"), res.as_numpy("ner_logits")
+
+
+def load_test(url: str, model: str, payloads: list[dict], concurrency: int, n_requests: int,
+              timeout_s: float = 60.0) -> dict:
+    """``n_requests`` requests from ``concurrency`` threads (one client each); throughput and p50/p95 latency.
+
+    Requests cycle through ``payloads`` (each a dict of int64 arrays, usually batch 1). Errors are counted,
+    not hidden: the row says how many failed and the first error.
+    """
+    from course_lib.bench import percentile
+
+    check_server(url)
+    if concurrency < 1 or n_requests < 1:
+        raise ValueError("concurrency and n_requests must be >= 1")
+    lat: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    counter = iter(range(n_requests))
+
+    def worker():
+        client = _client(url, timeout_s)
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                break
+            inputs = _make_inputs(payloads[i % len(payloads)])
+            t0 = time.perf_counter()
+            try:
+                client.infer(model, inputs)
+                dt = time.perf_counter() - t0
+                with lock:
+                    lat.append(dt)
+            except Exception as e:  # noqa: BLE001 - counted and reported
+                with lock:
+                    errors.append(str(e))
+        client.close()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s * max(1, n_requests))
+    wall = time.perf_counter() - t0
+    row = {"concurrency": concurrency, "requests": len(lat), "errors": len(errors), "seconds": wall,
+           "throughput_rps": len(lat) / wall if wall > 0 else 0.0,
+           "p50_ms": percentile(lat, 50) * 1e3 if lat else float("nan"),
+           "p95_ms": percentile(lat, 95) * 1e3 if lat else float("nan")}
+    if errors:
+        row["first_error"] = errors[0]
+    return row
+
+
+def sweep(model, payloads: list[dict], concurrencies=(1, 4, 16, 64), requests_per_level: int = 128,
+          max_queue_delay_microseconds: int = 2000, max_batch_size: int = 64, torch_threads: int | None = None,
+          progress: bool = True):
+    """Start a server with and then without dynamic batching; :func:`load_test` at each concurrency.
+
+    Returns a pandas DataFrame (one row per (batching, concurrency)) with the batch sizes the server formed.
+    """
+    import pandas as pd
+
+    rows = []
+    for dyn in (True, False):
+        with TritonServer(model, dynamic_batching=dyn, max_batch_size=max_batch_size,
+                          max_queue_delay_microseconds=max_queue_delay_microseconds,
+                          torch_threads=torch_threads) as srv:
+            for c in concurrencies:
+                load_test(srv.url, srv.name, payloads, concurrency=min(c, 4), n_requests=min(8, requests_per_level))
+                srv.batch_sizes.clear()
+                r = load_test(srv.url, srv.name, payloads, concurrency=c, n_requests=requests_per_level)
+                bs = list(srv.batch_sizes)
+                r.update({"dynamic_batching": dyn, "mean_batch": sum(bs) / len(bs) if bs else float("nan"),
+                          "max_batch": max(bs) if bs else 0})
+                rows.append(r)
+                if progress:
+                    print(f"dynamic_batching={dyn!s:5} concurrency={c:3d}: {r['throughput_rps']:.1f} req/s, "
+                          f"p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, mean batch {r['mean_batch']:.1f}")
+    return pd.DataFrame(rows)
+
+
+def plot_sweep(df):
+    """Throughput and p95 latency vs concurrency, with and without dynamic batching (two panels); returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for dyn, g in df.groupby("dynamic_batching"):
+        label = "dynamic batching" if dyn else "no dynamic batching"
+        a1.plot(g["concurrency"], g["throughput_rps"], marker="o", label=label)
+        a2.plot(g["concurrency"], g["p95_ms"], marker="o", label=label)
+    for ax, yl in ((a1, "throughput (requests/s)"), (a2, "p95 latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(yl)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Triton (pytriton, Python backend) serving the traced BertMultitask")
+    fig.tight_layout()
+    return fig
+
+
+def batching_speedup(df) -> float:
+    """Throughput with / without dynamic batching at the highest concurrency measured in a :func:`sweep` table."""
+    top = df["concurrency"].max()
+    on = df[(df.concurrency == top) & df.dynamic_batching]["throughput_rps"].iloc[0]
+    off = df[(df.concurrency == top) & ~df.dynamic_batching]["throughput_rps"].iloc[0]
+    return float(on / off)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m course_lib.deploy.serve --model model.pt``: serve a traced model until Ctrl-C."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Serve a traced BertMultitask with Triton (pytriton) on 127.0.0.1")
+    ap.add_argument("--model", required=True, help="TorchScript file (model_repository/<name>/1/model.pt)")
+    ap.add_argument("--name", default="address")
+    ap.add_argument("--http-port", type=int, default=8000)
+    ap.add_argument("--no-dynamic-batching", action="store_true")
+    args = ap.parse_args(argv)
+    with TritonServer(args.model, name=args.name, http_port=args.http_port,
+                      dynamic_batching=not args.no_dynamic_batching) as srv:
+        print(f"serving {args.name!r} at http://{srv.url} (Ctrl-C to stop)")
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
