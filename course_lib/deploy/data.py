@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 AREAS = ["华北", "东北", "华东", "华中", "华南", "西南", "西北"]
+AREAS_EN = {"华北": "North", "东北": "Northeast", "华东": "East", "华中": "Central", "华南": "South",
+            "西南": "Southwest", "西北": "Northwest"}  # for plot labels (matplotlib's default font has no CJK glyphs)
 ENTITY_TYPES = ["prov", "city", "district", "road", "roadno", "poi", "room"]
 ENTITY_NAMES = {
     "prov": "province 省",

@@ -84,7 +84,7 @@ class TritonServer:
     def __init__(self, model, name: str = "address", dynamic_batching: bool = True, max_batch_size: int = 64,
                  max_queue_delay_microseconds: int = 2000, preferred_batch_size: tuple[int, ...] | None = None,
                  host: str = "127.0.0.1", http_port: int | None = None, start_timeout_s: float = 120.0,
-                 torch_threads: int | None = None, verbose: bool = False):
+                 torch_threads: int | None = None, verbose: bool = False, log_file: str | Path | None = None):
         self.model_arg = model
         self.name = name
         self.dynamic_batching = dynamic_batching
@@ -96,6 +96,7 @@ class TritonServer:
         self.start_timeout_s = start_timeout_s
         self.torch_threads = torch_threads
         self.verbose = verbose
+        self.log_file = Path(log_file) if log_file else None  # None: a file in the course cache (l1/)
         self.batch_sizes: list[int] = []  # every batch the model function received (server side)
         self._triton = None
         self.startup_s: float | None = None
@@ -136,9 +137,13 @@ class TritonServer:
             return {"cls_logits": c.numpy(), "ner_logits": n.numpy()}
 
         self.http_port = self.http_port or free_port(self.host)
+        if self.log_file is None:
+            from course_lib import paths
+
+            self.log_file = paths.cache_dir("l1") / "tritonserver.log"
         cfg = TritonConfig(http_address=self.host, http_port=self.http_port, grpc_address=self.host,
                            grpc_port=free_port(self.host), metrics_port=free_port(self.host),
-                           exit_timeout_secs=5, log_verbose=1 if self.verbose else 0)
+                           exit_timeout_secs=5, log_verbose=1 if self.verbose else 0, log_file=self.log_file)
         batcher = (DynamicBatcher(max_queue_delay_microseconds=self.max_queue_delay_microseconds,
                                   preferred_batch_size=list(self.preferred_batch_size or []) or None)
                    if self.dynamic_batching else None)
@@ -197,12 +202,15 @@ def _client(url: str, timeout_s: float):
 
 def check_server(url: str, timeout_s: float = 3.0) -> None:
     """Raise :class:`ServerNotRunning` (with the start command) unless a Triton server is live at ``url``."""
+    client = _client(url, timeout_s)
     try:
-        live = _client(url, timeout_s).is_server_live()
+        live = client.is_server_live()
     except Exception as e:  # noqa: BLE001 - refused, timed out, DNS: all mean "not running here"
         live, why = False, f"{type(e).__name__}: {e}"
     else:
         why = "server answered but is not live"
+    finally:
+        client.close()  # an open keep-alive connection makes tritonserver's shutdown wait its exit timeout
     if not live:
         port = url.rsplit(":", 1)[-1]
         raise ServerNotRunning(
@@ -217,11 +225,14 @@ def wait_ready(url: str, model: str, timeout_s: float = 60.0) -> None:
     deadline = time.time() + timeout_s
     last = ""
     while time.time() < deadline:
+        client = _client(url, 2.0)
         try:
-            if _client(url, 2.0).is_model_ready(model):
+            if client.is_model_ready(model):
                 return
         except Exception as e:  # noqa: BLE001
             last = str(e)
+        finally:
+            client.close()
         time.sleep(0.2)
     raise TimeoutError(f"model {model!r} not ready at {url} after {timeout_s:.0f}s {last}")
 
@@ -248,13 +259,17 @@ def infer(url: str, arrays: dict, model: str = "address", timeout_s: float = 10.
     """
     from tritonclient.utils import InferenceServerException
 
-    if client is None:
+    own = client is None
+    if own:
         check_server(url, timeout_s=min(timeout_s, 3.0))
         client = _client(url, timeout_s)
     try:
         res = client.infer(model, _make_inputs(arrays))
     except InferenceServerException as e:
         raise TritonRequestError(f"Triton rejected the request: {e.message()}") from None
+    finally:
+        if own:
+            client.close()
     return res.as_numpy("cls_logits"), res.as_numpy("ner_logits")
 
 

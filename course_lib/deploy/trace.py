@@ -182,6 +182,8 @@ def device_constants(module_or_graph) -> list[dict]:
         try:
             rng = node.sourceRange()
             src = rng.strip().splitlines()[0] if rng else ""
+            if "/site-packages/" in src:  # keep the readable part: package/file.py:line
+                src = src.split("/site-packages/", 1)[1]
         except Exception:  # noqa: BLE001 - source ranges are best effort
             src = ""
         found.append({"device": str(out.toIValue()), "used_by": ", ".join(users), "source": src})

@@ -55,7 +55,7 @@ def _batches(n: int, bs: int, rng: random.Random):
 
 def train(model: BertMultitask, tokenizer, examples: list[dict], cfg: TrainConfig = TrainConfig()) -> TrainResult:
     """Train ``model`` in place on labelled ``examples`` with AdamW + linear warm-up/decay; tqdm shows progress."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the text bar: works in a terminal, in Jupyter and under papermill alike
 
     if not examples:
         raise ValueError("no training examples")
@@ -91,9 +91,9 @@ def train(model: BertMultitask, tokenizer, examples: list[dict], cfg: TrainConfi
             opt.step()
             sched.step()
             res.steps += 1
-            res.losses.append(float(loss.detach()))
+            res.losses.append(loss.item())
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{res.losses[-1]:.3f}")
             if res.steps >= total:
                 break
             if cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds:
