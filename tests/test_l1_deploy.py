@@ -78,6 +78,13 @@ def test_committed_dataset_regenerates_byte_identical(tmp_path):
         assert filecmp.cmp(path, data.default_dir() / path.name, shallow=False), f"{kind} differs from data/"
 
 
+def test_missing_files_say_how_to_regenerate(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m course_lib.deploy.data"):
+        data.load_split("train", tmp_path)
+    with pytest.raises(FileNotFoundError, match="python -m course_lib.deploy.data"):
+        features.load_tokenizer(tmp_path / "vocab.txt")
+
+
 def test_bad_examples_rejected():
     ex = data.generate(1, seed=0)[0]
     bad = dict(ex, entities=[dict(ex["entities"][0], end=ex["entities"][0]["end"] + 1)])
@@ -284,7 +291,11 @@ def test_real_triton_round_trip(traced, tok, test_rows):
     f = features.input2feature(tok, [r["text"] for r in test_rows[:8]], 64, pad_to_max=True, warn=False)
     with torch.no_grad():
         c0, n0 = traced(*f.as_tuple())
-    with S.TritonServer(traced, dynamic_batching=True) as srv:
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), S.TritonServer(traced, dynamic_batching=True) as srv:
+        assert S._server_pids(), "tritonserver should be a child of this process"
         c, n = S.infer(srv.url, f.as_numpy(), srv.name)
         assert abs(c - c0.numpy()).max() < 1e-5 and abs(n - n0.numpy()).max() < 1e-3
         with pytest.raises(S.TritonRequestError, match=r"unexpected shape for input '\w+' for model 'address'"):
@@ -293,4 +304,5 @@ def test_real_triton_round_trip(traced, tok, test_rows):
         row = S.load_test(srv.url, srv.name, payloads, concurrency=4, n_requests=16)
         assert row["requests"] == 16 and row["errors"] == 0
         assert sum(srv.batch_sizes) >= 16 + 8
+        raise Boom("a failure inside the block must still stop the server")
     assert S._server_pids() == []  # nothing orphaned
