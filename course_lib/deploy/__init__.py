@@ -17,7 +17,7 @@ EXTRA = "deploy"
 
 
 def missing_extra(package: str) -> ImportError:
-    """An ImportError that names the pip extra to install (used by every module of lesson 1)."""
+    """An ImportError that names the pip extra to install (used by every module of lesson 1) (notebook 01)."""
     return ImportError(
         f"{package} is not installed; lesson 1 needs the 'deploy' extra: pip install -e '.[deploy]'"
     )

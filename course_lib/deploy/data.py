@@ -145,7 +145,7 @@ def _room(rng: random.Random) -> str:
 
 
 def make_example(rng: random.Random, noise: NoiseConfig = NoiseConfig(), idx: int = 0) -> dict:
-    """One labelled address: ``{"id", "text", "area", "area_id", "entities"}`` (spans are exclusive-end)."""
+    """One labelled address: ``{"id", "text", "area", "area_id", "entities"}`` (spans are exclusive-end) (notebook 01)."""
     prov = rng.choice(GAZETTEER)
     city = rng.choice(sorted(prov[3]))
     district = rng.choice(prov[3][city])
@@ -193,7 +193,7 @@ def make_example(rng: random.Random, noise: NoiseConfig = NoiseConfig(), idx: in
 
 
 def generate(n: int, seed: int = 0, noise: NoiseConfig = NoiseConfig()) -> list[dict]:
-    """``n`` labelled addresses from a seeded RNG: the same (n, seed, noise) always gives the same list."""
+    """``n`` labelled addresses from a seeded RNG: the same (n, seed, noise) always gives the same list (notebook 01)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     rng = random.Random(seed)
@@ -201,7 +201,7 @@ def generate(n: int, seed: int = 0, noise: NoiseConfig = NoiseConfig()) -> list[
 
 
 def check_example(ex: dict) -> None:
-    """Raise ValueError unless every span of ``ex`` matches its text and type (used by tests and loaders)."""
+    """Raise ValueError unless every span of ``ex`` matches its text and type (used by tests and loaders) (notebook 01)."""
     for e in ex["entities"]:
         if e["type"] not in ENTITY_TYPES:
             raise ValueError(f"example {ex.get('id')}: unknown entity type {e['type']!r}")
@@ -212,7 +212,7 @@ def check_example(ex: dict) -> None:
 
 
 def build_vocab(texts) -> list[str]:
-    """A character-level BERT vocabulary: specials, ASCII digits/letters (+ ``##`` continuations), every char seen."""
+    """A character-level BERT vocabulary: specials, ASCII digits/letters (+ ``##`` continuations), every char seen (notebook 01)."""
     ascii_chars = [str(d) for d in range(10)] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
     chars = sorted({ch for t in texts for ch in t if not ch.isspace()} - set(ascii_chars))
     chars = [c for c in chars if not ("A" <= c <= "Z")]  # the tokenizer lower-cases ASCII letters
@@ -223,27 +223,27 @@ SPLITS = {"train": (3000, 1), "dev": (400, 2), "test": (600, 3)}  # name: (size,
 
 
 def default_dir() -> Path:
-    """``data/addresses`` in the course repository."""
+    """``data/addresses`` in the course repository (notebook 01)."""
     from course_lib import paths
 
     return paths.data_dir() / "addresses"
 
 
 def write_jsonl(rows: list[dict], path: Path) -> None:
-    """Write one JSON object per line, UTF-8, Chinese kept readable (``ensure_ascii=False``)."""
+    """Write one JSON object per line, UTF-8, Chinese kept readable (``ensure_ascii=False``) (notebook 01)."""
     with open(path, "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSONL split written by :func:`write_dataset`."""
+    """Read a JSONL split written by :func:`write_dataset` (notebook 01)."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
 def write_dataset(out: str | Path | None = None, splits: dict | None = None) -> dict[str, Path]:
-    """Generate the train/dev/test splits + ``labels.json``/``areas.txt``/``entity_types.txt`` + ``vocab.txt``.
+    """Generate the train/dev/test splits + ``labels.json``/``areas.txt``/``entity_types.txt`` + ``vocab.txt`` (notebook 01).
 
     Returns {file kind: path}. Deterministic: re-running gives byte-identical files.
     """
@@ -270,7 +270,7 @@ def write_dataset(out: str | Path | None = None, splits: dict | None = None) -> 
 
 
 def load_split(name: str, root: str | Path | None = None) -> list[dict]:
-    """The committed split ``name`` (train/dev/test) from ``data/addresses``; a clear error if absent."""
+    """The committed split ``name`` (train/dev/test) from ``data/addresses``; a clear error if absent (notebook 01)."""
     root = Path(root) if root is not None else default_dir()
     path = root / f"{name}.jsonl"
     if not path.exists():

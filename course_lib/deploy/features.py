@@ -17,7 +17,7 @@ from course_lib.deploy.data import ENTITY_TYPES, default_dir
 
 
 def load_tokenizer(vocab: str | Path | None = None):
-    """A ``BertTokenizerFast`` over the character vocabulary (``data/addresses/vocab.txt``), offline.
+    """A ``BertTokenizerFast`` over the character vocabulary (``data/addresses/vocab.txt``), offline (notebook 01).
 
     transformers 5 renamed the constructor argument ``vocab_file`` → ``vocab`` and silently ignores the
     old name (you get a 5-token vocabulary and every character becomes ``[UNK]``); we pass the right one
@@ -44,7 +44,7 @@ def load_tokenizer(vocab: str | Path | None = None):
 
 @dataclass
 class Features:
-    """One batch of model inputs (int64 tensors, shape ``[batch, seq]``) plus what is needed to map back."""
+    """One batch of model inputs (int64 tensors, shape ``[batch, seq]``) plus what is needed to map back (notebook 01)."""
 
     input_ids: "object"
     token_type_ids: "object"
@@ -68,7 +68,7 @@ class Features:
 
 
 def input2feature(tokenizer, texts, max_seq_length: int = 64, pad_to_max: bool = False, warn: bool = True) -> Features:
-    """Batch-encode ``texts``: ``[CLS] chars [SEP]``, truncation to ``max_seq_length``, padding, mask, segment ids.
+    """Batch-encode ``texts``: ``[CLS] chars [SEP]``, truncation to ``max_seq_length``, padding, mask, segment ids (notebook 01).
 
     A text longer than ``max_seq_length - 2`` characters is truncated, and *said*: ``Features.notes`` holds
     one line per truncated text (also printed when ``warn``). Empty strings give ``[CLS] [SEP]``; characters
@@ -122,7 +122,7 @@ def input2feature(tokenizer, texts, max_seq_length: int = 64, pad_to_max: bool =
 
 
 def char_span_to_tokens(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int] | None:
-    """Token indices (first, last — inclusive) covering characters ``[start, end)``; None if truncated away."""
+    """Token indices (first, last — inclusive) covering characters ``[start, end)``; None if truncated away (notebook 01)."""
     first = last = None
     for k, (s, e) in enumerate(offsets):
         if e <= s:  # special or padding token
@@ -137,7 +137,7 @@ def char_span_to_tokens(offsets: list[tuple[int, int]], start: int, end: int) ->
 
 
 def span_targets(features: Features, examples: list[dict], entity_types=ENTITY_TYPES):
-    """GlobalPointer targets ``[batch, n_types, seq, seq]`` (1 at (first, last) token of each gold span)."""
+    """GlobalPointer targets ``[batch, n_types, seq, seq]`` (1 at (first, last) token of each gold span) (notebook 01)."""
     import torch
 
     b, n = features.input_ids.shape
@@ -151,7 +151,7 @@ def span_targets(features: Features, examples: list[dict], entity_types=ENTITY_T
 
 
 def decode_spans(ner_logits, features: Features, entity_types=ENTITY_TYPES, threshold: float = 0.0) -> list[list[dict]]:
-    """Predicted entities per text from GlobalPointer logits: ``{"type", "start", "end", "text", "score"}``."""
+    """Predicted entities per text from GlobalPointer logits: ``{"type", "start", "end", "text", "score"}`` (notebook 01)."""
     import numpy as np
 
     logits = ner_logits.detach().cpu().numpy() if hasattr(ner_logits, "detach") else np.asarray(ner_logits)

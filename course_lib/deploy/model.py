@@ -34,7 +34,7 @@ NEG = 1e12  # the mask value of the original GlobalPointer
 
 
 def bert_config(vocab_size: int, size: str = "small", max_position_embeddings: int = 128, **overrides):
-    """A ``transformers.BertConfig`` of a named size (tiny/small/base) for a vocabulary of ``vocab_size``."""
+    """A ``transformers.BertConfig`` of a named size (tiny/small/base) for a vocabulary of ``vocab_size`` (notebook 01)."""
     try:
         from transformers import BertConfig
     except ImportError:  # pragma: no cover
@@ -60,7 +60,7 @@ def bert_config(vocab_size: int, size: str = "small", max_position_embeddings: i
 
 
 class GlobalPointer(nn.Module):
-    """Span scorer: dense → (q, k) per entity type, optional RoPE, einsum, padding + lower-triangle masks."""
+    """Span scorer: dense → (q, k) per entity type, optional RoPE, einsum, padding + lower-triangle masks (notebook 01)."""
 
     def __init__(self, hidden_size: int, num_types: int, head_size: int = 64, rope: bool = True):
         super().__init__()
@@ -97,7 +97,7 @@ class GlobalPointer(nn.Module):
 
 
 class BertMultitask(nn.Module):
-    """BERT backbone + area classifier (pooled output) + GlobalPointer NER; returns (cls_logits, ner_logits)."""
+    """BERT backbone + area classifier (pooled output) + GlobalPointer NER; returns (cls_logits, ner_logits) (notebook 01)."""
 
     def __init__(self, config, num_classes: int, num_types: int, head_size: int = 64, rope: bool = True,
                  dropout: float = 0.1, device_free_mask: bool = True):
@@ -130,7 +130,7 @@ class BertMultitask(nn.Module):
 
 
 def multilabel_crossentropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """GlobalPointer's loss: multi-label softmax cross-entropy over all spans of each (example, type)."""
+    """GlobalPointer's loss: multi-label softmax cross-entropy over all spans of each (example, type) (notebook 01)."""
     b, t = logits.shape[:2]
     y_pred = logits.reshape(b * t, -1)
     y_true = targets.reshape(b * t, -1)
@@ -149,11 +149,11 @@ def multilabel_crossentropy(logits: torch.Tensor, targets: torch.Tensor) -> torc
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that does not fit the model: names the missing, unexpected and wrong-shape keys."""
+    """A checkpoint that does not fit the model: names the missing, unexpected and wrong-shape keys (notebook 01)."""
 
 
 def build_model(meta: dict) -> BertMultitask:
-    """A fresh (untrained) ``BertMultitask`` from checkpoint metadata (``bert_config`` dict + head sizes)."""
+    """A fresh (untrained) ``BertMultitask`` from checkpoint metadata (``bert_config`` dict + head sizes) (notebook 01)."""
     from transformers import BertConfig
 
     cfg = BertConfig(**meta["bert_config"])
@@ -163,7 +163,7 @@ def build_model(meta: dict) -> BertMultitask:
 
 
 def model_meta(model: BertMultitask, **extra) -> dict:
-    """Everything needed to rebuild ``model`` (goes next to the state dict in a checkpoint)."""
+    """Everything needed to rebuild ``model`` (goes next to the state dict in a checkpoint) (notebook 01)."""
     cfg = model.config.to_dict()
     keep = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
             "max_position_embeddings", "type_vocab_size", "hidden_dropout_prob", "attention_probs_dropout_prob",
@@ -174,7 +174,7 @@ def model_meta(model: BertMultitask, **extra) -> dict:
 
 
 def save_checkpoint(model: BertMultitask, path: str | Path, half: bool = False, **extra) -> Path:
-    """Save ``{"model": state_dict, "meta": {...}, **extra}`` (``half``: fp16 tensors, half the bytes)."""
+    """Save ``{"model": state_dict, "meta": {...}, **extra}`` (``half``: fp16 tensors, half the bytes) (notebook 01)."""
     sd = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
           for k, v in model.state_dict().items()}
     path = Path(path)
@@ -184,7 +184,7 @@ def save_checkpoint(model: BertMultitask, path: str | Path, half: bool = False, 
 
 
 def extract_state_dict(obj) -> dict:
-    """The state dict inside a checkpoint: a bare state dict, or the one under ``"model"`` / ``"state_dict"``."""
+    """The state dict inside a checkpoint: a bare state dict, or the one under ``"model"`` / ``"state_dict"`` (notebook 01)."""
     if isinstance(obj, dict):
         for key in ("model", "state_dict", "model_state_dict"):
             if key in obj and isinstance(obj[key], dict):
@@ -198,7 +198,7 @@ def extract_state_dict(obj) -> dict:
 
 
 def load_weights(model: nn.Module, checkpoint) -> nn.Module:
-    """Load a bare or nested (``{"model": ...}``) state dict (or a path to one) into ``model``, strictly.
+    """Load a bare or nested (``{"model": ...}``) state dict (or a path to one) into ``model``, strictly (notebook 01).
 
     Raises :class:`CheckpointError` naming every missing key, unexpected key and shape mismatch
     (``torch``'s own message stops at the first shape error). fp16 tensors are cast to the model's dtype.
@@ -226,7 +226,7 @@ def load_weights(model: nn.Module, checkpoint) -> nn.Module:
 
 
 def load_checkpoint(path: str | Path) -> tuple[BertMultitask, dict]:
-    """Rebuild the model from a checkpoint written by :func:`save_checkpoint`; returns (model in eval mode, dict)."""
+    """Rebuild the model from a checkpoint written by :func:`save_checkpoint`; returns (model in eval mode, dict) (notebook 01)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} not found")

@@ -31,22 +31,22 @@ OUTPUT_NAMES = ("cls_logits", "ner_logits")
 
 
 class ServerNotRunning(ConnectionError):
-    """No Triton server answers at the URL (the message says how to start one)."""
+    """No Triton server answers at the URL (the message says how to start one) (notebook 01)."""
 
 
 class TritonRequestError(RuntimeError):
-    """Triton rejected a request; the message holds Triton's own error text verbatim."""
+    """Triton rejected a request; the message holds Triton's own error text verbatim (notebook 01)."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (bind to port 0 and read it back)."""
+    """A TCP port nobody listens on right now (bind to port 0 and read it back) (notebook 01)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
 
 def fix_libpython_path() -> str:
-    """Prepend this interpreter's ``LIBDIR`` to ``LD_LIBRARY_PATH`` (the Python-backend stub needs *this* libpython)."""
+    """Prepend this interpreter's ``LIBDIR`` to ``LD_LIBRARY_PATH`` (the Python-backend stub needs *this* libpython) (notebook 01)."""
     libdir = sysconfig.get_config_var("LIBDIR") or str(Path(sys.base_prefix) / "lib")
     cur = os.environ.get("LD_LIBRARY_PATH", "")
     if libdir not in cur.split(":"):
@@ -55,7 +55,7 @@ def fix_libpython_path() -> str:
 
 
 def start_command(model_path: str | Path = "model.pt", port: int = 8000) -> str:
-    """The shell command that starts this lesson's server (shown when none is running)."""
+    """The shell command that starts this lesson's server (shown when none is running) (notebook 01)."""
     return f"python -m course_lib.deploy.serve --model {model_path} --http-port {port}"
 
 
@@ -74,7 +74,7 @@ def _server_pids() -> list[int]:
 
 
 class TritonServer:
-    """Context manager: start tritonserver (pytriton) on 127.0.0.1 serving a traced model; stop it on exit.
+    """Context manager: start tritonserver (pytriton) on 127.0.0.1 serving a traced model; stop it on exit (notebook 01).
 
     ``dynamic_batching=False`` serves with batching support but no dynamic batcher (each request runs
     alone). Start and stop have timeouts; on exit any ``tritonserver``/stub process we started that is
@@ -201,7 +201,7 @@ def _client(url: str, timeout_s: float):
 
 
 def check_server(url: str, timeout_s: float = 3.0) -> None:
-    """Raise :class:`ServerNotRunning` (with the start command) unless a Triton server is live at ``url``."""
+    """Raise :class:`ServerNotRunning` (with the start command) unless a Triton server is live at ``url`` (notebook 01)."""
     client = _client(url, timeout_s)
     try:
         live = client.is_server_live()
@@ -221,7 +221,7 @@ def check_server(url: str, timeout_s: float = 3.0) -> None:
 
 
 def wait_ready(url: str, model: str, timeout_s: float = 60.0) -> None:
-    """Poll until ``model`` is ready at ``url``; TimeoutError after ``timeout_s``."""
+    """Poll until ``model`` is ready at ``url``; TimeoutError after ``timeout_s`` (notebook 01)."""
     deadline = time.time() + timeout_s
     last = ""
     while time.time() < deadline:
@@ -252,7 +252,7 @@ def _make_inputs(arrays: dict):
 
 
 def infer(url: str, arrays: dict, model: str = "address", timeout_s: float = 10.0, client=None):
-    """One request: ``arrays`` = {input name: int64 array [batch, seq]} → (cls_logits, ner_logits) numpy arrays.
+    """One request: ``arrays`` = {input name: int64 array [batch, seq]} → (cls_logits, ner_logits) numpy arrays (notebook 01).
 
     :class:`ServerNotRunning` if nothing listens at ``url``; :class:`TritonRequestError` carrying Triton's
     message verbatim if the server rejects the request (wrong shape, dtype, unknown model...).
@@ -275,7 +275,7 @@ def infer(url: str, arrays: dict, model: str = "address", timeout_s: float = 10.
 
 def load_test(url: str, model: str, payloads: list[dict], concurrency: int, n_requests: int,
               timeout_s: float = 60.0) -> dict:
-    """``n_requests`` requests from ``concurrency`` threads (one client each); throughput and p50/p95 latency.
+    """``n_requests`` requests from ``concurrency`` threads (one client each); throughput and p50/p95 latency (notebook 01).
 
     Requests cycle through ``payloads`` (each a dict of int64 arrays, usually batch 1). Errors are counted,
     not hidden: the row says how many failed and the first error.
@@ -328,7 +328,7 @@ def load_test(url: str, model: str, payloads: list[dict], concurrency: int, n_re
 def sweep(model, payloads: list[dict], concurrencies=(1, 4, 16, 64), requests_per_level: int = 128,
           max_queue_delay_microseconds: int = 2000, max_batch_size: int = 64, torch_threads: int | None = None,
           progress: bool = True):
-    """Start a server with and then without dynamic batching; :func:`load_test` at each concurrency.
+    """Start a server with and then without dynamic batching; :func:`load_test` at each concurrency (notebook 01).
 
     Returns a pandas DataFrame (one row per (batching, concurrency)) with the batch sizes the server formed.
     """
@@ -354,7 +354,7 @@ def sweep(model, payloads: list[dict], concurrencies=(1, 4, 16, 64), requests_pe
 
 
 def plot_sweep(df):
-    """Throughput and p95 latency vs concurrency, with and without dynamic batching (two panels); returns the figure."""
+    """Throughput and p95 latency vs concurrency, with and without dynamic batching (two panels); returns the figure (notebook 01)."""
     import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -374,7 +374,7 @@ def plot_sweep(df):
 
 
 def batching_speedup(df) -> float:
-    """Throughput with / without dynamic batching at the highest concurrency measured in a :func:`sweep` table."""
+    """Throughput with / without dynamic batching at the highest concurrency measured in a :func:`sweep` table (notebook 01)."""
     top = df["concurrency"].max()
     on = df[(df.concurrency == top) & df.dynamic_batching]["throughput_rps"].iloc[0]
     off = df[(df.concurrency == top) & ~df.dynamic_batching]["throughput_rps"].iloc[0]
@@ -382,7 +382,7 @@ def batching_speedup(df) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m course_lib.deploy.serve --model model.pt``: serve a traced model until Ctrl-C."""
+    """``python -m course_lib.deploy.serve --model model.pt``: serve a traced model until Ctrl-C (notebook 01)."""
     import argparse
 
     ap = argparse.ArgumentParser(description="Serve a traced BertMultitask with Triton (pytriton) on 127.0.0.1")

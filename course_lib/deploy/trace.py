@@ -20,7 +20,7 @@ from torch import nn
 
 
 def trace_model(model: nn.Module, example_inputs: tuple, strict: bool = True, check: bool = True):
-    """``torch.jit.trace(model.eval(), example_inputs, strict=strict)`` with TracerWarnings collected.
+    """``torch.jit.trace(model.eval(), example_inputs, strict=strict)`` with TracerWarnings collected (notebook 01).
 
     Returns ``(traced, warnings)``: the list holds the text of every TracerWarning (a Python value
     computed from a tensor — a place where the trace may have frozen a branch or a shape).
@@ -35,7 +35,7 @@ def trace_model(model: nn.Module, example_inputs: tuple, strict: bool = True, ch
 
 
 def save_traced(traced, path: str | Path) -> Path:
-    """``torch.jit.save`` to ``path`` (creating folders); what Triton's libtorch backend loads as model.pt."""
+    """``torch.jit.save`` to ``path`` (creating folders); what Triton's libtorch backend loads as model.pt (notebook 01)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.jit.save(traced, str(path))
@@ -43,7 +43,7 @@ def save_traced(traced, path: str | Path) -> Path:
 
 
 def load_traced(path: str | Path, map_location: str | torch.device = "cpu"):
-    """``torch.jit.load(path, map_location=...)`` in eval mode; a clear error if the file is missing."""
+    """``torch.jit.load(path, map_location=...)`` in eval mode; a clear error if the file is missing (notebook 01)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no TorchScript file at {path}")
@@ -59,7 +59,7 @@ def _valid_span_mask(attention_mask: torch.Tensor, num_types: int) -> torch.Tens
 
 @torch.no_grad()
 def parity(reference: nn.Module, candidate, inputs: tuple) -> dict:
-    """Compare two models' ``(cls_logits, ner_logits)`` on a whole batch.
+    """Compare two models' ``(cls_logits, ner_logits)`` on a whole batch (notebook 01).
 
     Returns max |diff| of the class logits, of the span logits over *valid* spans (real tokens,
     end ≥ start; masked entries are ≈ -1e11 in both and compared only by sign), whether the argmax
@@ -111,7 +111,7 @@ class ConfidenceGate(nn.Module):
 
 
 def control_flow_demo():
-    """Trace vs script on :class:`LengthGuard` and :class:`ConfidenceGate`: a DataFrame of who gets it right."""
+    """Trace vs script on :class:`LengthGuard` and :class:`ConfidenceGate`: a DataFrame of who gets it right (notebook 01)."""
     import pandas as pd
 
     rows = []
@@ -162,7 +162,7 @@ def _graph(module_or_graph):
 
 
 def device_constants(module_or_graph) -> list[dict]:
-    """Every ``Device`` constant in a TorchScript graph: ``{"device", "used_by", "source"}``.
+    """Every ``Device`` constant in a TorchScript graph: ``{"device", "used_by", "source"}`` (notebook 01).
 
     A trace records ``tensor.to(device=x.device)``, ``torch.arange(..., device=...)`` etc. with the
     device *value* it saw. A model traced on ``cuda:0`` keeps creating tensors on ``cuda:0`` even when
@@ -191,7 +191,7 @@ def device_constants(module_or_graph) -> list[dict]:
 
 
 def op_histogram(module_or_graph, top: int = 15):
-    """The most frequent node kinds in a TorchScript graph (pandas Series), to see what the trace recorded."""
+    """The most frequent node kinds in a TorchScript graph (pandas Series), to see what the trace recorded (notebook 01)."""
     import pandas as pd
 
     kinds = [n.kind() for n in _graph(module_or_graph).nodes()]
@@ -199,7 +199,7 @@ def op_histogram(module_or_graph, top: int = 15):
 
 
 def check_no_device_constants(module_or_graph) -> None:
-    """Raise ``AssertionError`` naming each device constant (call before shipping a trace to multi-GPU Triton)."""
+    """Raise ``AssertionError`` naming each device constant (call before shipping a trace to multi-GPU Triton) (notebook 01)."""
     found = device_constants(module_or_graph)
     if found:
         lines = [f"  {d['device']} used by {d['used_by']} ({d['source'] or 'no source'})" for d in found]
@@ -215,7 +215,7 @@ def check_no_device_constants(module_or_graph) -> None:
 
 
 def try_export(model: nn.Module, example_inputs: tuple, max_seq: int = 128):
-    """``torch.export.export`` with dynamic batch and sequence dims; returns (ExportedProgram | None, message)."""
+    """``torch.export.export`` with dynamic batch and sequence dims; returns (ExportedProgram | None, message) (notebook 01)."""
     from torch.export import Dim, export
 
     batch, seq = Dim("batch", min=1, max=1024), Dim("seq", min=2, max=max_seq)
@@ -237,7 +237,7 @@ def try_export(model: nn.Module, example_inputs: tuple, max_seq: int = 128):
 
 def latency_compare(eager: nn.Module, traced, inputs_by_batch: dict, warmup: int = 3, repeat: int = 20,
                     device: str = "cpu"):
-    """Eager vs traced latency at each batch size with :func:`course_lib.bench.benchmark`; (DataFrame, ratios).
+    """Eager vs traced latency at each batch size with :func:`course_lib.bench.benchmark`; (DataFrame, ratios) (notebook 01).
 
     ``ratios[b]`` is traced median / eager median at batch ``b`` (< 1: the trace is faster).
     """
@@ -258,7 +258,7 @@ def latency_compare(eager: nn.Module, traced, inputs_by_batch: dict, warmup: int
 
 
 def cuda_binding_demo(model: nn.Module, inputs: tuple) -> dict:
-    """On a GPU machine: trace on ``cuda:0``, list the device constants, and run on the last GPU.
+    """On a GPU machine: trace on ``cuda:0``, list the device constants, and run on the last GPU (notebook 01).
 
     Returns ``{"constants": [...], "ran_on": device, "error": str | None}``. With one GPU the run is on
     ``cuda:0`` (no mismatch possible); with two or more, a device-bound trace fails or computes on the wrong GPU.

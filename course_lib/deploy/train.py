@@ -38,7 +38,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What :func:`train` did: steps, seconds, per-step losses, whether the time budget stopped it."""
+    """What :func:`train` did: steps, seconds, per-step losses, whether the time budget stopped it (notebook 01)."""
 
     steps: int
     seconds: float
@@ -54,7 +54,7 @@ def _batches(n: int, bs: int, rng: random.Random):
 
 
 def train(model: BertMultitask, tokenizer, examples: list[dict], cfg: TrainConfig = TrainConfig()) -> TrainResult:
-    """Train ``model`` in place on labelled ``examples`` with AdamW + linear warm-up/decay; tqdm shows progress."""
+    """Train ``model`` in place on labelled ``examples`` with AdamW + linear warm-up/decay; tqdm shows progress (notebook 01)."""
     from tqdm import tqdm  # the text bar: works in a terminal, in Jupyter and under papermill alike
 
     if not examples:
@@ -109,7 +109,7 @@ def train(model: BertMultitask, tokenizer, examples: list[dict], cfg: TrainConfi
 
 
 def span_f1(pred: list[list[dict]], gold: list[list[dict]]) -> dict:
-    """Micro precision/recall/F1 of exact (type, start, end) spans, overall and per entity type."""
+    """Micro precision/recall/F1 of exact (type, start, end) spans, overall and per entity type (notebook 01)."""
     if len(pred) != len(gold):
         raise ValueError(f"{len(pred)} predictions for {len(gold)} gold examples")
 
@@ -134,7 +134,7 @@ def span_f1(pred: list[list[dict]], gold: list[list[dict]]) -> dict:
 
 @torch.no_grad()
 def predict(model, tokenizer, texts: list[str], max_seq_length: int = 64, batch_size: int = 64):
-    """(area ids, entity lists) for ``texts`` with an eager or traced model."""
+    """(area ids, entity lists) for ``texts`` with an eager or traced model (notebook 01)."""
     areas, ents = [], []
     dev = next(iter(model.parameters())).device
     for i in range(0, len(texts), batch_size):
@@ -146,7 +146,7 @@ def predict(model, tokenizer, texts: list[str], max_seq_length: int = 64, batch_
 
 
 def evaluate(model, tokenizer, examples: list[dict], max_seq_length: int = 64) -> dict:
-    """Area accuracy and span F1 (overall + per type) of ``model`` on labelled ``examples``."""
+    """Area accuracy and span F1 (overall + per type) of ``model`` on labelled ``examples`` (notebook 01)."""
     areas, ents = predict(model, tokenizer, [e["text"] for e in examples], max_seq_length)
     acc = sum(int(a == e["area_id"]) for a, e in zip(areas, examples)) / len(examples)
     f1 = span_f1(ents, [e["entities"] for e in examples])
@@ -154,14 +154,14 @@ def evaluate(model, tokenizer, examples: list[dict], max_seq_length: int = 64) -
 
 
 def per_type_frame(metrics: dict):
-    """A pandas table of precision/recall/F1/support per entity type (from :func:`evaluate`)."""
+    """A pandas table of precision/recall/F1/support per entity type (from :func:`evaluate`) (notebook 01)."""
     import pandas as pd
 
     return pd.DataFrame(metrics["per_type"]).T
 
 
 def confusion(model, tokenizer, examples: list[dict], max_seq_length: int = 64):
-    """Area confusion matrix as a pandas DataFrame (rows: gold, columns: predicted)."""
+    """Area confusion matrix as a pandas DataFrame (rows: gold, columns: predicted) (notebook 01)."""
     import pandas as pd
 
     areas, _ = predict(model, tokenizer, [e["text"] for e in examples], max_seq_length)
@@ -172,7 +172,7 @@ def confusion(model, tokenizer, examples: list[dict], max_seq_length: int = 64):
 
 
 def train_shipped_checkpoint(out=None, epochs: float = 8.0, max_seconds: float | None = None) -> dict:
-    """Re-train the tiny checkpoint shipped in ``data/addresses/bert_multitask_tiny.pt`` (≈5 min on one CPU core).
+    """Re-train the tiny checkpoint shipped in ``data/addresses/bert_multitask_tiny.pt`` (≈5 min on one CPU core) (notebook 01).
 
     Same recipe as the committed file (seed 0, tiny size, 8 epochs, lr 1e-3, batch 32, one thread); saved as fp16.
     Returns the test metrics. Bit-identity with the committed file is not promised (float summation order).

@@ -24,12 +24,12 @@ KINDS = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
 
 
 class ConfigError(ValueError):
-    """A ``config.pbtxt`` that Triton would reject or that does not match the model (one clear message)."""
+    """A ``config.pbtxt`` that Triton would reject or that does not match the model (one clear message) (notebook 01)."""
 
 
 @dataclass
 class TensorSpec:
-    """One input or output: Triton name, ``TYPE_*`` data type, dims without the batch dim (-1 = dynamic)."""
+    """One input or output: Triton name, ``TYPE_*`` data type, dims without the batch dim (-1 = dynamic) (notebook 01)."""
 
     name: str
     data_type: str
@@ -42,7 +42,7 @@ class TensorSpec:
 
 @dataclass
 class ModelIO:
-    """The real inputs and outputs of a traced model, as Triton sees them."""
+    """The real inputs and outputs of a traced model, as Triton sees them (notebook 01)."""
 
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
@@ -59,7 +59,7 @@ def _pb():
 
 
 def model_io(traced, example_inputs: tuple, output_names: tuple[str, ...] = ("cls_logits", "ner_logits")) -> ModelIO:
-    """Names/dtypes/dims of a TorchScript module's inputs and outputs, found by running it.
+    """Names/dtypes/dims of a TorchScript module's inputs and outputs, found by running it (notebook 01).
 
     Input names come from the ``forward`` schema; dims that change when the sequence gets one token
     longer are dynamic (-1). Output names follow the libtorch backend's ``<name>__<index>`` convention.
@@ -109,7 +109,7 @@ def build_config(
     platform: str = "pytorch_libtorch",
     validate: bool = True,
 ) -> str:
-    """The text of a ``config.pbtxt`` for ``io``; validated (parsed + checked against ``io``) unless told not to."""
+    """The text of a ``config.pbtxt`` for ``io``; validated (parsed + checked against ``io``) unless told not to (notebook 01)."""
     parts = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {int(max_batch_size)}",
              _tensor_block("input", io.inputs), _tensor_block("output", io.outputs)]
     if dynamic_batching:
@@ -128,7 +128,7 @@ def build_config(
 
 
 def parse_config(text: str):
-    """Parse ``config.pbtxt`` text into Triton's ``ModelConfig`` protobuf; ConfigError with line:column if invalid."""
+    """Parse ``config.pbtxt`` text into Triton's ``ModelConfig`` protobuf; ConfigError with line:column if invalid (notebook 01)."""
     model_config_pb2, text_format = _pb()
     msg = model_config_pb2.ModelConfig()
     try:
@@ -139,7 +139,7 @@ def parse_config(text: str):
 
 
 def validate_config(text: str, io: ModelIO | None = None):
-    """Parse ``text`` with Triton's protobuf and check it against the model's real I/O; returns the ModelConfig.
+    """Parse ``text`` with Triton's protobuf and check it against the model's real I/O; returns the ModelConfig (notebook 01).
 
     Checks: platform, max_batch_size vs preferred batch sizes, instance kinds/GPUs, and — when ``io`` is
     given — that every input/output name exists in the model with the same data type and dims.
@@ -191,7 +191,7 @@ def validate_config(text: str, io: ModelIO | None = None):
 
 def write_repository(root: str | Path, name: str, traced, config_text: str, io: ModelIO | None = None,
                      labels: dict[str, list[str]] | None = None, version: int = 1) -> Path:
-    """Write ``root/<name>/config.pbtxt``, ``root/<name>/<version>/model.pt`` and label files; validate first.
+    """Write ``root/<name>/config.pbtxt``, ``root/<name>/<version>/model.pt`` and label files; validate first (notebook 01).
 
     Returns the model folder. Nothing is written if the config is invalid.
     """
