@@ -83,7 +83,7 @@ class TritonServer:
 
     def __init__(self, model, name: str = "address", dynamic_batching: bool = True, max_batch_size: int = 64,
                  max_queue_delay_microseconds: int = 2000, preferred_batch_size: tuple[int, ...] | None = None,
-                 host: str = "127.0.0.1", http_port: int | None = None, start_timeout_s: float = 120.0,
+                 host: str = "127.0.0.1", http_port: int | None = None, start_timeout_s: float = 60.0,
                  torch_threads: int | None = None, verbose: bool = False, log_file: str | Path | None = None):
         self.model_arg = model
         self.name = name
@@ -161,8 +161,16 @@ class TritonServer:
             )
             # run() in *this* thread: pytriton starts tritonserver with a parent-death signal, and on Linux the
             # "parent" is the creating thread — run it in a helper thread and the server gets SIGTERM as soon
-            # as that thread ends. pytriton bounds the start itself (120 s server, 60 s model).
-            self._triton.run()
+            # as that thread ends. pytriton bounds the start with two module constants (120 s for the server,
+            # 60 s for the model); we set both to our timeout for the duration of the start.
+            import pytriton.triton as _pt
+
+            saved = (_pt.DEFAULT_TRITON_STARTUP_TIMEOUT_S, _pt.WAIT_FORM_MODEL_TIMEOUT_S)
+            _pt.DEFAULT_TRITON_STARTUP_TIMEOUT_S = _pt.WAIT_FORM_MODEL_TIMEOUT_S = self.start_timeout_s
+            try:
+                self._triton.run()
+            finally:
+                _pt.DEFAULT_TRITON_STARTUP_TIMEOUT_S, _pt.WAIT_FORM_MODEL_TIMEOUT_S = saved
             wait_ready(self.url, self.name, timeout_s=self.start_timeout_s)
         except BaseException:
             self.stop()
