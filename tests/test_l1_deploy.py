@@ -300,6 +300,10 @@ def test_real_triton_round_trip(traced, tok, test_rows):
         assert abs(c - c0.numpy()).max() < 1e-5 and abs(n - n0.numpy()).max() < 1e-3
         with pytest.raises(S.TritonRequestError, match=r"unexpected shape for input '\w+' for model 'address'"):
             S.infer(srv.url, {k: v[0] for k, v in f.as_numpy().items()}, srv.name)
+        out = S.clean_addresses(srv.url, tok, [test_rows[0]["text"], ""], srv.name)
+        assert [(e["type"], e["start"], e["end"]) for e in out[0]["entities"]] == [
+            (e["type"], e["start"], e["end"]) for e in features.decode_spans(n0, f)[0]]
+        assert out[1]["entities"] == [] and out[1]["area"] is None and "empty" in out[1]["note"]
         payloads = [{k: v[i:i + 1] for k, v in f.as_numpy().items()} for i in range(8)]
         row = S.load_test(srv.url, srv.name, payloads, concurrency=4, n_requests=16)
         assert row["requests"] == 16 and row["errors"] == 0

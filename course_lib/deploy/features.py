@@ -155,6 +155,8 @@ def decode_spans(ner_logits, features: Features, entity_types=ENTITY_TYPES, thre
     import numpy as np
 
     logits = ner_logits.detach().cpu().numpy() if hasattr(ner_logits, "detach") else np.asarray(ner_logits)
+    if logits.shape[0] != len(features.texts):
+        raise ValueError(f"{logits.shape[0]} rows of logits for {len(features.texts)} texts")
     out: list[list[dict]] = []
     for i, text in enumerate(features.texts):
         ents = []

@@ -77,14 +77,16 @@ class TritonServer:
     """Context manager: start tritonserver (pytriton) on 127.0.0.1 serving a traced model; stop it on exit (notebook 01).
 
     ``dynamic_batching=False`` serves with batching support but no dynamic batcher (each request runs
-    alone). Start and stop have timeouts; on exit any ``tritonserver``/stub process we started that is
+    alone). ``unbatched_twin`` (a model name) also serves the same model *without* the dynamic batcher under
+    that name, so both can be measured on one server, interleaved. Start and stop have timeouts; on exit any ``tritonserver``/stub process we started that is
     still alive is killed by pid, so a failure never leaves an orphaned server behind.
     """
 
     def __init__(self, model, name: str = "address", dynamic_batching: bool = True, max_batch_size: int = 64,
                  max_queue_delay_microseconds: int = 2000, preferred_batch_size: tuple[int, ...] | None = None,
                  host: str = "127.0.0.1", http_port: int | None = None, start_timeout_s: float = 60.0,
-                 torch_threads: int | None = None, verbose: bool = False, log_file: str | Path | None = None):
+                 torch_threads: int | None = None, verbose: bool = False, log_file: str | Path | None = None,
+                 unbatched_twin: str | None = None):
         self.model_arg = model
         self.name = name
         self.dynamic_batching = dynamic_batching
@@ -97,7 +99,12 @@ class TritonServer:
         self.torch_threads = torch_threads
         self.verbose = verbose
         self.log_file = Path(log_file) if log_file else None  # None: a file in the course cache (l1/)
-        self.batch_sizes: list[int] = []  # every batch the model function received (server side)
+        self.unbatched_twin = unbatched_twin
+        # every batch each model function received (server side), by model name
+        self.batch_sizes_by_model: dict[str, list[int]] = {name: []}
+        if unbatched_twin:
+            self.batch_sizes_by_model[unbatched_twin] = []
+        self.batch_sizes = self.batch_sizes_by_model[name]
         self._triton = None
         self.startup_s: float | None = None
 
@@ -126,15 +133,17 @@ class TritonServer:
         model = self._load_model()
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
-        sizes = self.batch_sizes
 
-        @batch
-        def infer_fn(input_ids, token_type_ids, attention_mask):
-            sizes.append(int(input_ids.shape[0]))
-            with torch.no_grad():
-                c, n = model(torch.from_numpy(input_ids), torch.from_numpy(token_type_ids),
-                             torch.from_numpy(attention_mask))
-            return {"cls_logits": c.numpy(), "ner_logits": n.numpy()}
+        def make_infer_fn(sizes: list[int]):
+            @batch
+            def infer_fn(input_ids, token_type_ids, attention_mask):
+                sizes.append(int(input_ids.shape[0]))
+                with torch.no_grad():
+                    c, n = model(torch.from_numpy(input_ids), torch.from_numpy(token_type_ids),
+                                 torch.from_numpy(attention_mask))
+                return {"cls_logits": c.numpy(), "ner_logits": n.numpy()}
+
+            return infer_fn
 
         self.http_port = self.http_port or free_port(self.host)
         if self.log_file is None:
@@ -150,15 +159,17 @@ class TritonServer:
         t0 = time.perf_counter()
         self._triton = Triton(config=cfg)
         try:
-            self._triton.bind(
-                model_name=self.name,
-                infer_func=infer_fn,
-                inputs=[Tensor(name=n, dtype=np.int64, shape=(-1,)) for n in INPUT_NAMES],
-                outputs=[Tensor(name="cls_logits", dtype=np.float32, shape=(-1,)),
-                         Tensor(name="ner_logits", dtype=np.float32, shape=(-1, -1, -1))],
-                config=ModelConfig(max_batch_size=self.max_batch_size, batcher=batcher),
-                strict=False,
-            )
+            variants = [(self.name, batcher)] + ([(self.unbatched_twin, None)] if self.unbatched_twin else [])
+            for model_name, model_batcher in variants:
+                self._triton.bind(
+                    model_name=model_name,
+                    infer_func=make_infer_fn(self.batch_sizes_by_model[model_name]),
+                    inputs=[Tensor(name=n, dtype=np.int64, shape=(-1,)) for n in INPUT_NAMES],
+                    outputs=[Tensor(name="cls_logits", dtype=np.float32, shape=(-1,)),
+                             Tensor(name="ner_logits", dtype=np.float32, shape=(-1, -1, -1))],
+                    config=ModelConfig(max_batch_size=self.max_batch_size, batcher=model_batcher),
+                    strict=False,
+                )
             # run() in *this* thread: pytriton starts tritonserver with a parent-death signal, and on Linux the
             # "parent" is the creating thread — run it in a helper thread and the server gets SIGTERM as soon
             # as that thread ends. pytriton bounds the start with two module constants (120 s for the server,
@@ -171,7 +182,8 @@ class TritonServer:
                 self._triton.run()
             finally:
                 _pt.DEFAULT_TRITON_STARTUP_TIMEOUT_S, _pt.WAIT_FORM_MODEL_TIMEOUT_S = saved
-            wait_ready(self.url, self.name, timeout_s=self.start_timeout_s)
+            for model_name, _ in variants:
+                wait_ready(self.url, model_name, timeout_s=self.start_timeout_s)
         except BaseException:
             self.stop()
             raise
@@ -281,6 +293,31 @@ def infer(url: str, arrays: dict, model: str = "address", timeout_s: float = 10.
     return res.as_numpy("cls_logits"), res.as_numpy("ner_logits")
 
 
+def clean_addresses(url: str, tokenizer, texts: list[str], model: str = "address", max_seq_length: int = 64,
+                    timeout_s: float = 10.0) -> list[dict]:
+    """The whole service through Triton: texts → ``input2feature`` → request → area + entity spans (notebook 01)."""
+    from course_lib.deploy.data import AREAS
+    from course_lib.deploy.features import decode_spans, input2feature
+
+    f = input2feature(tokenizer, texts, max_seq_length, pad_to_max=True)
+    cls_logits, ner_logits = infer(url, f.as_numpy(), model, timeout_s=timeout_s)
+    spans = decode_spans(ner_logits, f)
+    out = []
+    for t, c, s, note in zip(texts, cls_logits, spans, _notes(f)):
+        if not t.strip():  # the model would still output an argmax; an empty field has no area
+            out.append({"text": t, "area": None, "entities": [], "note": "empty address: nothing to classify"})
+        else:
+            out.append({"text": t, "area": AREAS[int(c.argmax())], "entities": s, "note": note})
+    return out
+
+
+def _notes(f) -> list[str]:
+    notes, it = [], iter(f.notes)
+    for cut in f.truncated:
+        notes.append(next(it) if cut else "")
+    return notes
+
+
 def load_test(url: str, model: str, payloads: list[dict], concurrency: int, n_requests: int,
               timeout_s: float = 60.0) -> dict:
     """``n_requests`` requests from ``concurrency`` threads (one client each); throughput and p50/p95 latency (notebook 01).
@@ -327,7 +364,8 @@ def load_test(url: str, model: str, payloads: list[dict], concurrency: int, n_re
     row = {"concurrency": concurrency, "requests": len(lat), "errors": len(errors), "seconds": wall,
            "throughput_rps": len(lat) / wall if wall > 0 else 0.0,
            "p50_ms": percentile(lat, 50) * 1e3 if lat else float("nan"),
-           "p95_ms": percentile(lat, 95) * 1e3 if lat else float("nan")}
+           "p95_ms": percentile(lat, 95) * 1e3 if lat else float("nan"),
+           "latencies_s": lat}
     if errors:
         row["first_error"] = errors[0]
     return row
@@ -335,30 +373,53 @@ def load_test(url: str, model: str, payloads: list[dict], concurrency: int, n_re
 
 def sweep(model, payloads: list[dict], concurrencies=(1, 4, 16, 64), requests_per_level: int = 128,
           max_queue_delay_microseconds: int = 2000, max_batch_size: int = 64, torch_threads: int | None = None,
-          progress: bool = True):
-    """Start a server with and then without dynamic batching; :func:`load_test` at each concurrency (notebook 01).
+          rounds: int = 2, progress: bool = True):
+    """Throughput and p50/p95 latency at each concurrency, with and without dynamic batching (notebook 01).
 
-    Returns a pandas DataFrame (one row per (batching, concurrency)) with the batch sizes the server formed.
+    One server hosts the model twice — ``address`` (dynamic batcher) and ``address_nodb`` (none) — and the two
+    are measured **interleaved** (``rounds`` alternating rounds per concurrency, order flipped each round), so a
+    load spike from another process on a shared machine hits both alike. Each round sends
+    ``max(requests_per_level, 2 * concurrency) / rounds`` requests. Returns a pandas DataFrame, one row per
+    (dynamic_batching, concurrency): pooled p50/p95, total requests / total time, batch sizes the server formed.
     """
     import pandas as pd
 
+    from course_lib.bench import percentile
+
+    names = {True: "address", False: "address_nodb"}
     rows = []
-    for dyn in (True, False):
-        with TritonServer(model, dynamic_batching=dyn, max_batch_size=max_batch_size,
-                          max_queue_delay_microseconds=max_queue_delay_microseconds,
-                          torch_threads=torch_threads) as srv:
-            for c in concurrencies:
-                load_test(srv.url, srv.name, payloads, concurrency=min(c, 4), n_requests=min(8, requests_per_level))
-                srv.batch_sizes.clear()
-                r = load_test(srv.url, srv.name, payloads, concurrency=c, n_requests=requests_per_level)
-                bs = list(srv.batch_sizes)
-                r.update({"dynamic_batching": dyn, "mean_batch": sum(bs) / len(bs) if bs else float("nan"),
-                          "max_batch": max(bs) if bs else 0})
-                rows.append(r)
+    with TritonServer(model, name=names[True], unbatched_twin=names[False], max_batch_size=max_batch_size,
+                      max_queue_delay_microseconds=max_queue_delay_microseconds, torch_threads=torch_threads) as srv:
+        for c in concurrencies:
+            n = max(1, max(requests_per_level, 2 * c) // rounds)
+            acc = {dyn: {"lat": [], "sec": 0.0, "err": 0, "first_error": None} for dyn in names}
+            for dyn in names:  # warm-up: connections, first calls
+                load_test(srv.url, names[dyn], payloads, concurrency=min(c, 4), n_requests=8)
+            for bs in srv.batch_sizes_by_model.values():
+                bs.clear()
+            for r in range(rounds):
+                for dyn in ((True, False) if r % 2 == 0 else (False, True)):
+                    row = load_test(srv.url, names[dyn], payloads, concurrency=c, n_requests=n)
+                    a = acc[dyn]
+                    a["lat"] += row["latencies_s"]
+                    a["sec"] += row["seconds"]
+                    a["err"] += row["errors"]
+                    a["first_error"] = a["first_error"] or row.get("first_error")
+            for dyn in (True, False):
+                a, bs = acc[dyn], srv.batch_sizes_by_model[names[dyn]]
+                rows.append({"dynamic_batching": dyn, "concurrency": c, "requests": len(a["lat"]),
+                             "errors": a["err"], "seconds": a["sec"],
+                             "throughput_rps": len(a["lat"]) / a["sec"] if a["sec"] > 0 else 0.0,
+                             "p50_ms": percentile(a["lat"], 50) * 1e3 if a["lat"] else float("nan"),
+                             "p95_ms": percentile(a["lat"], 95) * 1e3 if a["lat"] else float("nan"),
+                             "mean_batch": sum(bs) / len(bs) if bs else float("nan"),
+                             "max_batch": max(bs) if bs else 0, "first_error": a["first_error"]})
                 if progress:
+                    r = rows[-1]
                     print(f"dynamic_batching={dyn!s:5} concurrency={c:3d}: {r['throughput_rps']:.1f} req/s, "
                           f"p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, mean batch {r['mean_batch']:.1f}")
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).sort_values(["dynamic_batching", "concurrency"], ascending=[False, True],
+                                          ignore_index=True)
 
 
 def plot_sweep(df):
