@@ -310,3 +310,14 @@ def test_real_triton_round_trip(traced, tok, test_rows):
         assert sum(srv.batch_sizes) >= 16 + 8
         raise Boom("a failure inside the block must still stop the server")
     assert S._server_pids() == []  # nothing orphaned
+
+
+def test_batching_speedup_and_plot_on_a_known_table():
+    import pandas as pd
+
+    S = pytest.importorskip("course_lib.deploy.serve")
+    df = pd.DataFrame({"dynamic_batching": [True] * 2 + [False] * 2, "concurrency": [1, 64] * 2,
+                       "throughput_rps": [10.0, 300.0, 12.0, 100.0], "p95_ms": [5.0, 50.0, 4.0, 90.0]})
+    assert S.batching_speedup(df) == 3.0
+    fig = S.plot_sweep(df)
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 2

@@ -425,6 +425,7 @@ def sweep(model, payloads: list[dict], concurrencies=(1, 4, 16, 64), requests_pe
 def plot_sweep(df):
     """Throughput and p95 latency vs concurrency, with and without dynamic batching (two panels); returns the figure (notebook 01)."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator, ScalarFormatter
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     for dyn, g in df.groupby("dynamic_batching"):
@@ -433,6 +434,9 @@ def plot_sweep(df):
         a2.plot(g["concurrency"], g["p95_ms"], marker="o", label=label)
     for ax, yl in ((a1, "throughput (requests/s)"), (a2, "p95 latency (ms)")):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(df["concurrency"].unique()))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel(yl)
         ax.grid(alpha=0.3)
