@@ -296,6 +296,8 @@ def test_real_triton_round_trip(traced, tok, test_rows):
 
     with pytest.raises(Boom), S.TritonServer(traced, dynamic_batching=True) as srv:
         assert S._server_pids(), "tritonserver should be a child of this process"
+        cfg = S.served_config(srv.url, srv.name)
+        assert cfg["backend"] == "python" and cfg["max_batch_size"] == 64 and "dynamic_batching" in cfg
         c, n = S.infer(srv.url, f.as_numpy(), srv.name)
         assert abs(c - c0.numpy()).max() < 1e-5 and abs(n - n0.numpy()).max() < 1e-3
         with pytest.raises(S.TritonRequestError, match=r"unexpected shape for input '\w+' for model 'address'"):

@@ -257,6 +257,16 @@ def wait_ready(url: str, model: str, timeout_s: float = 60.0) -> None:
     raise TimeoutError(f"model {model!r} not ready at {url} after {timeout_s:.0f}s {last}")
 
 
+def served_config(url: str, model: str = "address", timeout_s: float = 5.0) -> dict:
+    """The model configuration the running server actually uses (Triton's JSON view of config.pbtxt) (notebook 01)."""
+    check_server(url, timeout_s)
+    client = _client(url, timeout_s)
+    try:
+        return client.get_model_config(model)
+    finally:
+        client.close()
+
+
 def _make_inputs(arrays: dict):
     import tritonclient.http as httpclient
 
