@@ -402,3 +402,20 @@ def test_memory_estimator_baichuan_13b():
     gib = [estimate_memory(cfg, b).total_bytes / 2**30 for b in (16, 8, 4)]
     assert gib[0] == pytest.approx(26.0, abs=0.1)  # fp16 weights + the ALiBi mask buffer
     assert 13 < gib[1] < 15.8 and 7 < gib[2] < 9.7   # the rest of the published figure is runtime memory
+
+
+@pytest.mark.slow
+def test_real_smollm2_parity_if_cached():
+    """The converted SmolLM2 gives transformers' logits (uses the dequantised cache; skipped visibly without it)."""
+    from course_lib.llm import smollm2
+
+    if not (smollm2.cache_path() / "done.json").exists():
+        pytest.skip("SmolLM2 cache not built yet (notebook 03 builds it on first run)")
+    hf, tok = smollm2.load_smollm2(verbose=False)
+    ours = from_llama(hf)
+    ids = tok("灯塔看守人 wrote the weather down every evening.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        diff = (ours(ids).logits - hf(ids).logits).abs().max().item()
+    assert diff < 1e-3
+    q = copy.deepcopy(ours).quantize(8)
+    assert quant.linear_weight_bytes(q) / quant.linear_weight_bytes(ours) <= 0.52
