@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,8 +79,16 @@ def ensure_cached(verbose: bool = True) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(str(folder))
-    tok.save_pretrained(str(folder))
+    # write into a private temporary folder, then move the files in: a concurrent reader (tests and a
+    # notebook running side by side) never sees half a safetensors file; done.json goes last
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=folder.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        for f in tmp.iterdir():
+            os.replace(f, folder / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     dt = time.perf_counter() - t0
     (folder / "done.json").write_text(json.dumps({"source": str(src), "seconds": round(dt, 1)}))
     if verbose:
