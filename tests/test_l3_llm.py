@@ -419,3 +419,13 @@ def test_real_smollm2_parity_if_cached():
     assert diff < 1e-3
     q = copy.deepcopy(ours).quantize(8)
     assert quant.linear_weight_bytes(q) / quant.linear_weight_bytes(ours) <= 0.52
+
+
+def test_repetition_penalty():
+    m = random_model(seed=9)
+    p = torch.tensor([[5, 6, 7]])
+    assert torch.equal(m.generate(p, max_new_tokens=6), m.generate(p, max_new_tokens=6, repetition_penalty=1.0))
+    strong = m.generate(p, max_new_tokens=6, repetition_penalty=1e6)[0, 3:].tolist()
+    assert len(set(strong)) == len(strong) and not set(strong) & {5, 6, 7}  # never repeats a seen token
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        m.generate(p, repetition_penalty=0)

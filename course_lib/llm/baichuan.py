@@ -303,8 +303,15 @@ class BaichuanForCausalLM(nn.Module):
     @torch.no_grad()
     def stream_ids(self, input_ids: torch.Tensor, max_new_tokens: int = 64, do_sample: bool = False,
                    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_token_id=None,
-                   use_cache: bool = True, generator: torch.Generator | None = None) -> Iterator[int]:
-        """Yield new token ids one at a time (greedy or sampled), using the KV cache unless ``use_cache=False``."""
+                   use_cache: bool = True, generator: torch.Generator | None = None,
+                   repetition_penalty: float = 1.0) -> Iterator[int]:
+        """Yield new token ids one at a time (greedy or sampled), using the KV cache unless ``use_cache=False``.
+
+        ``repetition_penalty`` > 1 (Baichuan's chat uses 1.1) divides positive / multiplies negative logits of
+        tokens already in the sequence, as transformers does.
+        """
+        if repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")
         if max_new_tokens < 0:
             raise ValueError("max_new_tokens must be >= 0")
         if do_sample and temperature <= 0:
@@ -327,6 +334,10 @@ class BaichuanForCausalLM(nn.Module):
             else:
                 out = self(seq, last_only=True)
             logits = out.logits[0, -1].float()
+            if repetition_penalty != 1.0:
+                seen = seq[0].unique()
+                picked = logits[seen]
+                logits[seen] = torch.where(picked > 0, picked / repetition_penalty, picked * repetition_penalty)
             nxt = _choose(logits, do_sample, temperature, top_k, top_p, generator)
             yield nxt
             if nxt in eos:

@@ -78,13 +78,17 @@ class ChatSession:
     """Conversation state shared by the CLI and the Streamlit app: history, streaming flag, truncation notes."""
 
     def __init__(self, model, tokenizer, max_new_tokens: int = 128, max_context: int = 2048,
-                 stream: bool = True, token_delay: float = 0.0):
+                 stream: bool = True, token_delay: float = 0.0, temperature: float = 0.0,
+                 top_p: float = 0.85, top_k: int = 5, repetition_penalty: float = 1.1):
         self.model, self.tok = model, tokenizer
         limit = getattr(getattr(model, "config", None), "max_position_embeddings", max_context)
         self.max_new_tokens, self.max_context = max_new_tokens, min(max_context, limit)
         if self.max_new_tokens >= self.max_context:
             raise ValueError(f"max_new_tokens ({max_new_tokens}) must be below the context ({self.max_context})")
         self.stream, self.token_delay = stream, token_delay
+        # temperature 0 = greedy; Baichuan-13B-Chat's defaults are temperature 0.3, top_p 0.85, top_k 5, penalty 1.1
+        self.gen = dict(do_sample=temperature > 0, temperature=temperature or 1.0, top_p=top_p, top_k=top_k,
+                        repetition_penalty=repetition_penalty)
         self.history: list[dict] = []
         self.last_truncated = False
 
@@ -103,7 +107,7 @@ class ChatSession:
         reply = {"role": "assistant", "content": ""}
         self.history.append(reply)  # appended first: an interrupt still leaves user/assistant pairs
         for piece in self.model.stream_text(self.tok, ids, max_new_tokens=self.max_new_tokens,
-                                            eos_token_id=_eos_ids(self.tok, None)):
+                                            eos_token_id=_eos_ids(self.tok, None), **self.gen):
             reply["content"] += piece
             if self.token_delay:
                 time.sleep(self.token_delay)
@@ -118,6 +122,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--max-context", type=int, default=2048, help="prompt + answer tokens; longer histories are truncated")
     p.add_argument("--no-stream", action="store_true", help="start with streaming off")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; >0 samples (Baichuan-Chat uses 0.3)")
+    p.add_argument("--top-p", type=float, default=0.85)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--repetition-penalty", type=float, default=1.1)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--tiny", action="store_true", default=bool(os.environ.get("COURSE_CHAT_TINY")),
                    help="tiny random model + character tokenizer (instant; for tests) [env COURSE_CHAT_TINY=1]")
@@ -146,8 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name = "tiny random model" if args.tiny else "SmolLM2-135M (Baichuan layout)"
     prec = "float32" if args.bits == 16 else f"int{args.bits}"
-    session = ChatSession(model, tok, args.max_new_tokens, args.max_context, stream=not args.no_stream,
-                          token_delay=args.token_delay)
+    try:
+        session = ChatSession(model, tok, args.max_new_tokens, args.max_context, stream=not args.no_stream,
+                              token_delay=args.token_delay, temperature=args.temperature, top_p=args.top_p,
+                              top_k=args.top_k, repetition_penalty=args.repetition_penalty)
+    except ValueError as e:
+        con.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+        return 2
     con.print(f"[bold]{name}[/], {prec}. Commands: clear, stream, history, help, exit. "
               "Ctrl-C stops an answer.")
     while True:
