@@ -33,10 +33,12 @@ class TinyTokenizer:
     vocab_size = TINY_SPECIAL + len(TINY_ALPHABET)
 
     def __call__(self, text: str) -> dict:
+        """Text → {"input_ids": [...]} (lower-cased; unknown characters folded onto the alphabet)."""
         return {"input_ids": [TINY_SPECIAL + (TINY_ALPHABET.index(c) if c in TINY_ALPHABET
                                               else ord(c) % len(TINY_ALPHABET)) for c in text.lower()]}
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        """Ids → text (special ids dropped)."""
         return "".join(TINY_ALPHABET[i - TINY_SPECIAL] for i in ids if i >= TINY_SPECIAL)
 
 

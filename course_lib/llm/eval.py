@@ -111,10 +111,12 @@ class MemoryEstimate:
 
     @property
     def weights_bytes(self) -> float:
+        """Linears + scales + the fp16 rest."""
         return self.linear_bytes + self.scale_bytes + self.other_bytes
 
     @property
     def total_bytes(self) -> float:
+        """Weights + ALiBi buffer + runtime term."""
         return self.weights_bytes + self.alibi_bytes + self.runtime_bytes
 
 
