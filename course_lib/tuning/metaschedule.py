@@ -137,7 +137,7 @@ def load_database(db_dir: str | Path):
     hint = (
         f" — the database in {db_dir} cannot be replayed. Re-tune to regenerate it: "
         "course_lib.tuning.metaschedule.tune(mod, work_dir, trials) then save_database(work_dir, db_dir) "
-        "(in the notebook: set ms_retune=True)"
+        "(in the notebook: set ms_trials, or relax_trials for the MLP, to a positive number)"
     )
     try:
         _check_json_lines(db_dir / WORKLOAD_FILE)
