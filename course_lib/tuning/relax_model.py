@@ -137,6 +137,28 @@ def vm_runner(executable) -> VMRunner:
     return VMRunner(relax.VirtualMachine(executable, tvm.cpu()))
 
 
+SUMMARY_FILE = "task_scheduler_summary.txt"
+
+
+def scheduler_summary(work_dir: str | Path) -> str:
+    """The task scheduler's last table (trials, GFLOP/s and latency per task) from a tuning work dir's log,
+    or from the ``task_scheduler_summary.txt`` saved next to a committed database."""
+    work_dir = Path(work_dir)
+    saved = work_dir / SUMMARY_FILE
+    if saved.exists():
+        return saved.read_text(encoding="utf-8")
+    logs = sorted((work_dir / "logs").glob("*task_scheduler.log"))
+    if not logs:
+        return ""
+    lines = logs[-1].read_text(encoding="utf-8").splitlines()
+    ends = [i for i, ln in enumerate(lines) if ln.startswith("Total trials:")]
+    if not ends:
+        return ""
+    end = ends[-1]
+    start = max(i for i in range(end) if lines[i].lstrip().startswith("ID |"))
+    return "\n".join(lines[start : end + 2]) + "\n"
+
+
 def regenerate(trials: int = 64, batch: int = 32, dest: str | Path | None = None) -> Path:
     """Tune the lesson's MLP (batch ``batch``) for ``trials`` trials and save the database to ``data/tvm/mlp/``."""
     import torch
@@ -147,7 +169,9 @@ def regenerate(trials: int = 64, batch: int = 32, dest: str | Path | None = None
     mod = to_relax(model, torch.randn(batch, 256))
     work = Path(tempfile.mkdtemp(prefix="l4-relax-"))
     tune(mod, work, trials)
-    return save_database(work, dest or committed_dir("mlp"))
+    out = save_database(work, dest or committed_dir("mlp"))
+    (out / SUMMARY_FILE).write_text(scheduler_summary(work), encoding="utf-8")
+    return out
 
 
 if __name__ == "__main__":  # python -m course_lib.tuning.relax_model [trials]
