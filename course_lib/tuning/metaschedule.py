@@ -6,6 +6,9 @@ Introduced in ``04_tvm_autotuning.ipynb`` (part 3). Two practical fixes for TVM 
   imports ``tvm.s_tir.tensor_intrin`` (≈124 tensor intrinsics for every target; 65–140 s here), so every build
   hits the 30 s timeout and tuning "finds" nothing. :func:`fast_builder` passes an ``f_build`` that does the same
   build without that import (float32 matmul never tensorises).
+* **Only this CPU's tensor intrinsics in the main process.** ``TuneContext`` also imports the whole
+  ``tvm.s_tir.tensor_intrin`` package (the same 65–140 s) before it can generate a design space;
+  :func:`register_host_intrinsics` registers only the x86 (or ARM) ones (≈1 s) so that import becomes a no-op.
 * **A committed database for replay.** ``data/tvm/<name>/database_{workload,tuning_record}.json`` hold a real tuning
   run; :func:`load_database` validates them (a corrupted file raises :class:`DatabaseError`, which says how to
   re-tune) and :func:`compile_from_database` applies the best record (``ms.tir_integration.compile_tir``).
@@ -49,6 +52,37 @@ def fast_builder(max_workers: int | None = None, timeout_sec: float = 120.0):
     return ms.builder.LocalBuilder(f_build=f_build, max_workers=max_workers or physical_cores(), timeout_sec=timeout_sec)
 
 
+def register_host_intrinsics() -> list[str]:
+    """Register only this CPU family's tensor intrinsics (x86 or ARM), not all ~124 of ``tvm.s_tir.tensor_intrin``.
+
+    Workaround for TVM 0.27: the package's ``__init__`` parses every intrinsic for every target (CUDA, ROCm, Metal,
+    Hexagon…), 65–140 s on a small CPU, and ``TuneContext`` imports it. We put a bare package module in its place
+    (same ``__path__``) and import just the host's submodule through it; returns the intrinsic modules now loaded.
+    Does nothing if the full package was already imported.
+    """
+    import importlib
+    import importlib.util
+    import platform
+    import sys
+    import types
+
+    require_tvm()
+    name = "tvm.s_tir.tensor_intrin"
+    if name not in sys.modules:
+        spec = importlib.util.find_spec(name)
+        pkg = types.ModuleType(name)
+        pkg.__path__ = list(spec.submodule_search_locations or [])
+        pkg.__package__ = name
+        pkg.__spec__ = spec
+        pkg.__doc__ = "course_lib stub: only the host CPU's tensor intrinsics are registered (see metaschedule.py)"
+        sys.modules[name] = pkg
+        machine = platform.machine().lower()
+        sub = "arm_cpu" if machine.startswith(("arm", "aarch64")) else "x86" if machine in ("x86_64", "amd64", "i686") else None
+        if sub:
+            importlib.import_module(f"{name}.{sub}")
+    return sorted(m for m in sys.modules if m.startswith(name + "."))
+
+
 def cost_model_choice(prefer: str = "xgb") -> tuple[str, str]:
     """(MetaSchedule cost model name, sentence): ``"xgb"`` when xgboost imports, else ``"random"`` with the reason."""
     if prefer == "random":
@@ -83,6 +117,7 @@ def tune(
     model, sentence = cost_model_choice(cost_model)
     if verbose:
         print(sentence)
+    register_host_intrinsics()
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     db = ms.tune_tir(

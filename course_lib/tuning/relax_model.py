@@ -81,19 +81,24 @@ def tune(mod, work_dir: str | Path, trials: int, target=None, seed: int = 0, cos
     require_tvm()
     from tvm.s_tir import meta_schedule as ms
 
-    from course_lib.tuning.metaschedule import cost_model_choice, fast_builder
+    from course_lib.tuning.metaschedule import cost_model_choice, fast_builder, register_host_intrinsics
 
     model, sentence = cost_model_choice(cost_model)
     print(sentence)
+    register_host_intrinsics()
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     target = target or host_target()
+    prepared = prepare(mod, target)
+    n_tasks = max(1, len(ms.relax_integration.extract_tasks(prepared, target)))
+    # every task gets one first round before the scheduler picks by gain: split small budgets evenly
+    per_iter = max(2, min(16, int(trials) // n_tasks))
     return ms.relax_integration.tune_relax(
-        prepare(mod, target),
+        prepared,
         params={},
         target=target,
         work_dir=str(work_dir),
         max_trials_global=int(trials),
-        num_trials_per_iter=min(16, int(trials)),
+        num_trials_per_iter=per_iter,
         builder=fast_builder(),
         cost_model=model,
         task_scheduler="gradient",
