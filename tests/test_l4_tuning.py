@@ -237,3 +237,20 @@ def test_tune_a_tiny_matmul_then_replay_it(tmp_path):
     assert len(curve) == 4 and max(curve) > 0  # 4 trials built and measured (none timed out)
     sch = metaschedule.compile_from_database(metaschedule.load_database(saved), mod)
     assert matmul.run_and_check(matmul.build(sch), matmul.make_data(n, n, n, seed=1)) < 1e-3
+
+
+def test_design_spaces_are_traces_with_sampled_decisions():
+    spaces = metaschedule.design_spaces(matmul.matmul_module(64, 64, 64))
+    assert len(spaces) >= 1
+    assert all("sample_perfect_tile" in str(s.trace) for s in spaces)
+
+
+def test_importing_the_lesson_modules_does_not_import_tvm():
+    import subprocess
+
+    code = (
+        "import sys; import course_lib.tuning.tuners, course_lib.tuning.metaschedule, course_lib.tuning.relax_model; "
+        "print('tvm' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

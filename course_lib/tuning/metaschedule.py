@@ -135,6 +135,20 @@ def tune(
     return db, sentence
 
 
+def design_spaces(mod, target=None) -> list:
+    """The design spaces (Ansor's *sketches*) MetaSchedule's default rules generate for ``mod``: schedules whose
+    traces hold ``sample_*`` instructions — the random decisions the evolutionary search then mutates."""
+    require_tvm()
+    from tvm.s_tir import meta_schedule as ms
+
+    register_host_intrinsics()
+    ctx = ms.TuneContext(
+        mod=mod, target=target or host_target(), space_generator="post-order-apply",
+        search_strategy="evolutionary", num_threads=physical_cores(),
+    )
+    return list(ctx.generate_design_space())
+
+
 def save_database(work_dir: str | Path, dest: str | Path) -> Path:
     """Copy the two database files of a tuning ``work_dir`` to ``dest`` (e.g. :func:`committed_dir`)."""
     work_dir, dest = Path(work_dir), Path(dest)
