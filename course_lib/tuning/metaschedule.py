@@ -83,6 +83,16 @@ def register_host_intrinsics() -> list[str]:
     return sorted(m for m in sys.modules if m.startswith(name + "."))
 
 
+def quiet_console(quiet: bool = True) -> None:
+    """Keep MetaSchedule's console output to warnings (its full INFO/DEBUG log still goes to ``work_dir/logs``).
+
+    MetaSchedule sizes its console handler from the ``tvm.s_tir.meta_schedule`` logger's level when a tuning run starts.
+    """
+    import logging
+
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING if quiet else logging.DEBUG)
+
+
 def cost_model_choice(prefer: str = "xgb") -> tuple[str, str]:
     """(MetaSchedule cost model name, sentence): ``"xgb"`` when xgboost imports, else ``"random"`` with the reason."""
     if prefer == "random":
@@ -107,6 +117,7 @@ def tune(
     seed: int = 0,
     cost_model: str = "xgb",
     verbose: bool = True,
+    quiet: bool = True,
 ):
     """Run ``ms.tune_tir`` (evolutionary search + cost model) on ``mod``; returns (database, cost-model sentence)."""
     require_tvm()
@@ -118,6 +129,7 @@ def tune(
     if verbose:
         print(sentence)
     register_host_intrinsics()
+    quiet_console(quiet)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     db = ms.tune_tir(

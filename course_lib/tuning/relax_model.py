@@ -76,16 +76,17 @@ def extract_tasks(mod, target=None) -> list:
     return ms.relax_integration.extract_tasks(prepare(mod, target), target)
 
 
-def tune(mod, work_dir: str | Path, trials: int, target=None, seed: int = 0, cost_model: str = "xgb"):
+def tune(mod, work_dir: str | Path, trials: int, target=None, seed: int = 0, cost_model: str = "xgb", quiet: bool = True):
     """``ms.relax_integration.tune_relax`` with the fast builder and the gradient task scheduler; returns the database."""
     require_tvm()
     from tvm.s_tir import meta_schedule as ms
 
-    from course_lib.tuning.metaschedule import cost_model_choice, fast_builder, register_host_intrinsics
+    from course_lib.tuning.metaschedule import cost_model_choice, fast_builder, quiet_console, register_host_intrinsics
 
     model, sentence = cost_model_choice(cost_model)
     print(sentence)
     register_host_intrinsics()
+    quiet_console(quiet)
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     target = target or host_target()
     prepared = prepare(mod, target)
