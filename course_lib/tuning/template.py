@@ -1,6 +1,6 @@
 """AutoTVM's idea rebuilt small: a *config space* of knobs and a *template* mapping a config to a schedule.
 
-Introduced in ``04_tvm_autotuning.ipynb`` (part 2). AutoTVM (removed from TVM in 2024, with Relay) let you
+Introduced in ``04_tvm_autotuning.ipynb`` (part 2). AutoTVM (no longer in TVM: it went with Relay) let you
 write ``cfg.define_split("tile_y", y, num_outputs=2)`` / ``cfg.define_knob("order", [...])`` inside a
 ``@autotvm.template`` function and then applied ``cfg["tile_y"].apply(s, C, y)``. :class:`ConfigSpace` keeps
 that vocabulary (``define_split`` with the policies ``"factors"`` / ``"power2"`` / ``"candidate"``,
