@@ -260,7 +260,7 @@ def tuning_curve(db_dir: str | Path, flops: float) -> list[float]:
     return out
 
 
-def regenerate_matmul(trials: int = 64, n: int = 512, dest: str | Path | None = None) -> Path:
+def regenerate_matmul(trials: int = 128, n: int = 512, dest: str | Path | None = None) -> Path:
     """Tune the lesson's ``n``³ matmul for ``trials`` trials and write the database to ``data/tvm/matmul_<n>/``."""
     from course_lib.tuning.matmul import matmul_module
 
@@ -272,4 +272,4 @@ def regenerate_matmul(trials: int = 64, n: int = 512, dest: str | Path | None = 
 if __name__ == "__main__":  # python -m course_lib.tuning.metaschedule [trials]
     import sys
 
-    print(regenerate_matmul(int(sys.argv[1]) if len(sys.argv) > 1 else 64))
+    print(regenerate_matmul(int(sys.argv[1]) if len(sys.argv) > 1 else 128))
