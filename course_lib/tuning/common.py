@@ -65,10 +65,12 @@ class PeakEstimate:
 
     @property
     def lanes(self) -> int:
+        """fp32 values per SIMD register."""
         return self.simd_bits // 32
 
     @property
     def gflops(self) -> float:
+        """The estimated peak in GFLOP/s."""
         fma_flops = 2 if self.fma_units else 1
         units = max(self.fma_units, 1)
         return self.cores * self.lanes * units * fma_flops * self.clock_ghz

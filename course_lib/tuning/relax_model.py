@@ -22,12 +22,13 @@ def make_mlp(in_features: int = 256, hidden: int = 512, out_features: int = 10, 
     import torch
     from torch import nn
 
-    torch.manual_seed(seed)
-    model = nn.Sequential(
-        nn.Linear(in_features, hidden), nn.ReLU(),
-        nn.Linear(hidden, hidden), nn.ReLU(),
-        nn.Linear(hidden, out_features),
-    )
+    with torch.random.fork_rng():  # seeded weights without touching the caller's RNG state
+        torch.manual_seed(seed)
+        model = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, out_features),
+        )
     return model.eval()
 
 

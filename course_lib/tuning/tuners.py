@@ -65,6 +65,7 @@ class Tuner:
 
     # -- shared helpers ------------------------------------------------------------------------
     def has_next(self) -> bool:
+        """True while some config of the space has not been measured yet."""
         return len(self.visited) < len(self.space)
 
     def _random_unvisited(self, k: int, taken: set[int]) -> list[int]:
@@ -344,6 +345,7 @@ class TemplateMeasurer:
         self.last_extra: list[dict] = []
 
     def measure_one(self, index: int) -> tuple[float, str, dict]:
+        """(GFLOP/s, error, extras) for one config index; built and timed only the first time it is asked for."""
         from course_lib.tuning.matmul import build, gflops, gflops_of, run_and_check
         from course_lib.tuning.template import matmul_template
 
