@@ -261,8 +261,8 @@ def test_committed_mlp_database_shows_the_task_schedulers_allocation():
 
     table = relax_model.scheduler_summary(metaschedule.committed_dir("mlp"))
     rows = [ln for ln in table.splitlines() if ln.strip()[:1].isdigit()]
-    assert len(rows) == 3 and "Total trials: 64" in table
+    assert len(rows) == 3 and "Total trials: 128" in table
     trials = {r.split("|")[1].strip(): int(r.split("|")[7]) for r in rows}
-    assert sum(trials.values()) == 64
+    assert sum(trials.values()) == 128
     # the gradient scheduler gave the extra trials to the biggest kernel (512×512 hidden layer)
     assert max(trials, key=trials.get) == "fused_matmul1_add_relu"

@@ -166,7 +166,7 @@ def scheduler_summary(work_dir: str | Path) -> str:
     return "\n".join(lines[start : end + 2]) + "\n"
 
 
-def regenerate(trials: int = 64, batch: int = 32, dest: str | Path | None = None) -> Path:
+def regenerate(trials: int = 128, batch: int = 32, dest: str | Path | None = None) -> Path:
     """Tune the lesson's MLP (batch ``batch``) for ``trials`` trials and save the database to ``data/tvm/mlp/``."""
     import torch
 
@@ -184,4 +184,4 @@ def regenerate(trials: int = 64, batch: int = 32, dest: str | Path | None = None
 if __name__ == "__main__":  # python -m course_lib.tuning.relax_model [trials]
     import sys
 
-    print(regenerate(int(sys.argv[1]) if len(sys.argv) > 1 else 64))
+    print(regenerate(int(sys.argv[1]) if len(sys.argv) > 1 else 128))
