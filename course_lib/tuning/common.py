@@ -1,0 +1,139 @@
+"""TVM plumbing shared by lesson 4: import check, host target, peak-FLOP estimate, kernel timing.
+
+Introduced in ``04_tvm_autotuning.ipynb``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+EXTRA_HINT = "install the lesson's extra: pip install -e '.[tvm]' (apache-tvm==0.27.0.post1, apache-tvm-ffi==0.1.14.post1)"
+
+
+def require_tvm():
+    """Import and return ``tvm``; a clear ImportError naming the ``tvm`` extra when it is missing."""
+    try:
+        import tvm  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(f"lesson 4 needs Apache TVM: {EXTRA_HINT} ({e})") from None
+    return tvm
+
+
+def host_cpu() -> str:
+    """The LLVM name of this machine's CPU (e.g. ``icelake-server``), detected by TVM's LLVM."""
+    tvm = require_tvm()
+    from tvm.target import codegen
+
+    return str(codegen.llvm_get_system_cpu())
+
+
+def physical_cores() -> int:
+    """Number of physical CPU cores (what TVM's thread pool and ``num-cores`` should use)."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def host_target(num_cores: int | None = None):
+    """A ``tvm.target.Target`` for this CPU: ``{"kind": "llvm", "mcpu": <detected>, "num-cores": n}``.
+
+    TVM 0.27 rejects the old CLI string form with options (``"llvm -mcpu=..."``), so it is a dict.
+    """
+    tvm = require_tvm()
+    return tvm.target.Target(
+        {"kind": "llvm", "mcpu": host_cpu(), "num-cores": int(num_cores or physical_cores())}
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Peak FLOP/s estimate
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PeakEstimate:
+    """cores × SIMD lanes (fp32) × FMA units × 2 FLOP per FMA × clock: the ceiling no kernel beats."""
+
+    cores: int
+    simd_bits: int
+    fma_units: int
+    clock_ghz: float
+    flags: str = ""
+
+    @property
+    def lanes(self) -> int:
+        """fp32 values per SIMD register."""
+        return self.simd_bits // 32
+
+    @property
+    def gflops(self) -> float:
+        """The estimated peak in GFLOP/s."""
+        fma_flops = 2 if self.fma_units else 1
+        units = max(self.fma_units, 1)
+        return self.cores * self.lanes * units * fma_flops * self.clock_ghz
+
+    def formula(self) -> str:
+        """The arithmetic as a sentence a learner can check by hand."""
+        return (
+            f"{self.cores} cores × {self.lanes} fp32 lanes ({self.simd_bits}-bit {self.flags}) × "
+            f"{max(self.fma_units, 1)} FMA unit(s) × {2 if self.fma_units else 1} FLOP × {self.clock_ghz:.2f} GHz "
+            f"= {self.gflops:.0f} GFLOP/s"
+        )
+
+
+def peak_gflops_estimate(cpuinfo: str | None = None, cores: int | None = None, fma_units: int = 2) -> PeakEstimate:
+    """Estimate this CPU's fp32 peak from ``/proc/cpuinfo`` (flags → SIMD width, clock from the model name or MHz).
+
+    ``fma_units`` is 2 on server Intel/AMD cores (two FMA ports); a guess the notebook states openly.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+        except OSError:
+            cpuinfo = ""
+    flags_line = next((ln for ln in cpuinfo.splitlines() if ln.startswith(("flags", "Features"))), "")
+    flags = set(flags_line.split(":", 1)[-1].split())
+    if "avx512f" in flags:
+        bits, name = 512, "AVX-512"
+    elif "avx" in flags or "avx2" in flags:
+        bits, name = 256, "AVX2" if "avx2" in flags else "AVX"
+    elif "asimd" in flags or "neon" in flags or "sse2" in flags:
+        bits, name = 128, "NEON" if ("asimd" in flags or "neon" in flags) else "SSE"
+    else:
+        bits, name = 32, "scalar"
+    has_fma = "fma" in flags or "asimd" in flags
+    clock = None
+    m = re.search(r"model name\s*:.*@\s*([\d.]+)\s*GHz", cpuinfo)
+    if m:
+        clock = float(m.group(1))
+    else:
+        mhz = [float(x) for x in re.findall(r"cpu MHz\s*:\s*([\d.]+)", cpuinfo)]
+        clock = max(mhz) / 1000 if mhz else 2.0
+    return PeakEstimate(
+        cores=int(cores or physical_cores()),
+        simd_bits=bits,
+        fma_units=fma_units if has_fma else 0,
+        clock_ghz=clock,
+        flags=name,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------
+
+
+def matmul_flops(n: int, l: int, m: int) -> int:
+    """Floating-point operations of an (n×l)·(l×m) matmul: one multiply + one add per MAC."""
+    return 2 * n * l * m
+
+
+def time_kernel(lib, args, number: int = 3, repeat: int = 3, min_repeat_ms: int = 0, func: str = "main") -> list[float]:
+    """Seconds per call of a compiled TVM kernel, ``repeat`` means of ``number`` calls (TVM's ``time_evaluator``)."""
+    tvm = require_tvm()
+    mod = lib.mod if hasattr(lib, "mod") else lib
+    ev = mod.time_evaluator(func, tvm.cpu(), number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)
+    return [float(x) for x in ev(*args).results]

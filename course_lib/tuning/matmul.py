@@ -1,0 +1,151 @@
+"""C = A·B with ``te.compute``, built naive and then scheduled by hand, one ``s_tir.Schedule`` step at a time.
+
+Introduced in ``04_tvm_autotuning.ipynb`` (part 1). The steps follow TVM's classic ``opt_gemm`` tutorial
+(and the seed lesson): split i/j into outer/inner tiles, reorder to ``i.outer, j.outer, k, i.inner, j.inner``,
+vectorise the innermost loop, parallelise the outermost. TVM 0.27 has no ``te.create_schedule``: the
+compute is turned into a TIR ``PrimFunc`` (``te.create_prim_func``) and scheduled with ``tvm.s_tir.Schedule``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from course_lib.tuning.common import host_target, matmul_flops, require_tvm, time_kernel
+
+STEPS = ("naive", "split", "reorder", "vectorize", "parallel")
+
+
+def matmul_module(n: int = 512, l: int = 512, m: int = 512, dtype: str = "float32"):
+    """An ``IRModule`` whose ``main`` computes C[n, m] = sum_k A[n, k] · B[k, m] (``te.compute`` → PrimFunc)."""
+    tvm = require_tvm()
+    from tvm import te
+
+    for name, v in (("n", n), ("l", l), ("m", m)):
+        if not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"matmul size {name} must be a positive integer, got {v!r}")
+    A = te.placeholder((n, l), name="A", dtype=dtype)
+    B = te.placeholder((l, m), name="B", dtype=dtype)
+    k = te.reduce_axis((0, l), name="k")
+    C = te.compute((n, m), lambda i, j: te.sum(A[i, k] * B[k, j], axis=k), name="C")
+    return tvm.IRModule({"main": te.create_prim_func([A, B, C])})
+
+
+def check_divisible(extent: int, factor: int, what: str) -> None:
+    """Raise a clear ValueError unless ``factor`` divides ``extent`` (the lesson's templates use perfect tiles)."""
+    if not isinstance(factor, (int, np.integer)) or factor < 1:
+        raise ValueError(f"{what}: tile factor must be a positive integer, got {factor!r}")
+    if extent % factor:
+        divisors = [d for d in range(1, extent + 1) if extent % d == 0]
+        raise ValueError(
+            f"{what}: tile factor {factor} does not divide the loop extent {extent} "
+            f"(divisors: {divisors[:12]}{' …' if len(divisors) > 12 else ''}); pick a divisor, or TVM would need a "
+            "guard (predicate) in every iteration"
+        )
+
+
+def hand_schedule(mod, step: str = "parallel", tile_y: int = 32, tile_x: int = 32):
+    """The hand schedule applied up to and including ``step`` (one of :data:`STEPS`); returns an ``s_tir.Schedule``."""
+    require_tvm()
+    from tvm import s_tir
+
+    if step not in STEPS:
+        raise ValueError(f"unknown step {step!r}; choose from {', '.join(STEPS)}")
+    sch = s_tir.Schedule(mod)
+    upto = STEPS.index(step)
+    if upto == 0:
+        return sch
+    block = sch.get_sblock("C")
+    i, j, k = sch.get_loops(block)
+    n = int(sch.get(i).extent)
+    m = int(sch.get(j).extent)
+    check_divisible(n, tile_y, "split of i")
+    check_divisible(m, tile_x, "split of j")
+    io, ii = sch.split(i, factors=[None, tile_y])
+    jo, ji = sch.split(j, factors=[None, tile_x])
+    if upto >= 2:
+        sch.reorder(io, jo, k, ii, ji)
+    if upto >= 3:
+        sch.vectorize(ji)
+    if upto >= 4:
+        sch.parallel(io)
+    return sch
+
+
+def schedule_steps(mod, tile_y: int = 32, tile_x: int = 32) -> dict:
+    """Every step of the hand schedule: ``{step name: s_tir.Schedule}`` in order."""
+    return {s: hand_schedule(mod, s, tile_y, tile_x) for s in STEPS}
+
+
+def build(sch_or_mod, target=None):
+    """Compile a schedule (or IRModule) for the host CPU with ``tvm.compile``; returns the executable."""
+    tvm = require_tvm()
+    mod = sch_or_mod.mod if hasattr(sch_or_mod, "trace") else sch_or_mod
+    return tvm.compile(mod, target=target or host_target())
+
+
+@dataclass
+class MatmulData:
+    """Random inputs (numpy and TVM tensors) and the numpy reference for one matmul shape."""
+
+    a: np.ndarray
+    b: np.ndarray
+    ref: np.ndarray
+    args: list
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.a.shape[0], self.a.shape[1], self.b.shape[1])
+
+
+def make_data(n: int, l: int, m: int, seed: int = 0, dtype: str = "float32") -> MatmulData:
+    """Random A, B (uniform in [-1, 1)), C = 0 as TVM tensors, plus numpy's A @ B as the reference."""
+    tvm = require_tvm()
+    rng = np.random.default_rng(seed)
+    a = rng.uniform(-1, 1, (n, l)).astype(dtype)
+    b = rng.uniform(-1, 1, (l, m)).astype(dtype)
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(a, dev), tvm.runtime.tensor(b, dev), tvm.runtime.tensor(np.zeros((n, m), dtype), dev)]
+    return MatmulData(a=a, b=b, ref=a @ b, args=args)
+
+
+def run_and_check(lib, data: MatmulData, rtol: float = 1e-4, atol: float = 1e-4) -> float:
+    """Run the kernel once, ``assert_allclose`` against numpy; returns the max absolute difference."""
+    data.args[2].copyfrom(np.zeros_like(data.ref))
+    lib["main"](*data.args)
+    out = data.args[2].numpy()
+    np.testing.assert_allclose(out, data.ref, rtol=rtol, atol=atol * data.shape[1] ** 0.5)
+    return float(np.abs(out - data.ref).max())
+
+
+def gflops_of(lib, data: MatmulData, number: int = 3, repeat: int = 3, name: str = "tvm"):
+    """Time a compiled matmul with ``time_evaluator``; a :class:`course_lib.bench.BenchResult` in FLOP units."""
+    from course_lib.bench import BenchResult
+
+    times = time_kernel(lib, data.args, number=number, repeat=repeat)
+    return BenchResult(name=name, times_s=times, items=matmul_flops(*data.shape), unit="FLOP", warmup=1)
+
+
+def gflops(result) -> float:
+    """GFLOP/s at the median time of a FLOP-unit :class:`BenchResult`."""
+    return result.throughput / 1e9
+
+
+def numpy_bench(data: MatmulData, repeat: int = 10):
+    """numpy's BLAS matmul on the same inputs, timed with :func:`course_lib.bench.benchmark`."""
+    from course_lib.bench import benchmark
+
+    a, b = data.a, data.b
+    return benchmark(lambda: a @ b, name="numpy (BLAS)", items=matmul_flops(*data.shape), unit="FLOP", repeat=repeat)
+
+
+def torch_bench(data: MatmulData, repeat: int = 10):
+    """torch.matmul (oneDNN/MKL) on the same inputs, timed with :func:`course_lib.bench.benchmark`."""
+    import torch
+
+    from course_lib.bench import benchmark
+
+    a, b = torch.from_numpy(data.a), torch.from_numpy(data.b)
+    with torch.no_grad():
+        return benchmark(lambda: a @ b, name="torch.matmul", items=matmul_flops(*data.shape), unit="FLOP", repeat=repeat)

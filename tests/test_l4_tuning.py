@@ -1,0 +1,268 @@
+"""Lesson 4 (TVM auto-tuning): schedules, template, tuners, MetaSchedule replay, Relax model.
+
+Timings are never asserted; every numeric check is a parity or a known answer.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm", reason="lesson 4 needs the 'tvm' extra")
+
+from course_lib.tuning import common, matmul, metaschedule, template, tuners  # noqa: E402
+
+SHAPES = [(64, 48, 32), (40, 24, 56)]
+
+
+# ---------------------------------------------------------------- part 1: hand schedule
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_schedule_step_matches_numpy(shape):
+    n, l, m = shape
+    mod = matmul.matmul_module(n, l, m)
+    data = matmul.make_data(n, l, m, seed=sum(shape))
+    steps = matmul.schedule_steps(mod, tile_y=8, tile_x=8)
+    assert list(steps) == list(matmul.STEPS)
+    for name, sch in steps.items():
+        lib = matmul.build(sch)
+        assert matmul.run_and_check(lib, data) < 1e-3, name
+    script = steps["parallel"].mod.script()
+    assert "T.parallel" in script and "T.vectorized" in script
+
+
+def test_non_divisible_split_is_rejected_clearly():
+    mod = matmul.matmul_module(30, 16, 30)
+    with pytest.raises(ValueError, match="does not divide the loop extent 30"):
+        matmul.hand_schedule(mod, "split", tile_y=8, tile_x=5)
+    with pytest.raises(ValueError, match="unknown step"):
+        matmul.hand_schedule(mod, "fuse")
+    with pytest.raises(ValueError, match="positive integer"):
+        matmul.matmul_module(0, 4, 4)
+
+
+def test_peak_estimate_from_cpuinfo_text():
+    text = "model name\t: Intel(R) Xeon(R) Processor @ 2.80GHz\nflags\t\t: fpu sse2 avx avx2 fma avx512f\n"
+    est = common.peak_gflops_estimate(text, cores=2)
+    # 2 cores × 16 fp32 lanes × 2 FMA units × 2 FLOP × 2.8 GHz
+    assert est.gflops == pytest.approx(2 * 16 * 2 * 2 * 2.8)
+    est = common.peak_gflops_estimate("flags : sse2 avx avx2 fma\ncpu MHz : 3000.0\n", cores=4)
+    assert est.gflops == pytest.approx(4 * 8 * 2 * 2 * 3.0)
+    assert "GFLOP/s" in est.formula()
+
+
+def test_host_target_is_a_detected_cpu():
+    tgt = common.host_target()
+    assert str(tgt.kind) == "llvm"
+    assert str(tgt.attrs["mcpu"]) == common.host_cpu()
+
+
+# ---------------------------------------------------------------- part 2: template + tuners
+def test_config_space_enumeration_round_trips():
+    space = template.matmul_space(64, 48, 32)
+    assert len(space) == int(np.prod(space.dims))
+    for idx in (0, 1, len(space) // 3, len(space) - 1):
+        assert space.index(space.genes(idx)) == idx
+        assert space.index_of(space.get(idx)) == idx
+    s = template.ConfigSpace()
+    assert s.define_split("x", 48, policy="factors").choices == [1, 2, 3, 4, 6, 8, 12, 16, 24, 48]
+    assert s.define_split("y", 48, policy="power2").choices == [1, 2, 4, 8, 16]
+    assert s.define_split("z", 48, policy="candidate", candidates=[4, 12]).choices == [4, 12]
+    with pytest.raises(ValueError, match="does not divide the loop extent 48"):
+        s.define_split("w", 48, policy="candidate", candidates=[5])
+    with pytest.raises(ValueError, match="unknown policy"):
+        s.define_split("v", 48, policy="primes")
+
+
+def test_template_configs_match_numpy():
+    n, l, m = 32, 24, 16
+    space = template.matmul_space(n, l, m)
+    data = matmul.make_data(n, l, m, seed=3)
+    mod = matmul.matmul_module(n, l, m)
+    rng = np.random.default_rng(0)
+    picks = [0, len(space) - 1, *rng.choice(len(space), 6, replace=False).tolist()]
+    for idx in picks:
+        lib = matmul.build(template.matmul_template(space.get(idx), n, l, m, mod=mod))
+        assert matmul.run_and_check(lib, data) < 1e-3, space.get(idx)
+    bad = dict(space.get(0), tile_x=5)
+    with pytest.raises(ValueError, match="tile_x"):
+        template.matmul_template(bad, n, l, m)
+
+
+class _CountingMeasure:
+    """Synthetic measure that records every index it is asked for."""
+
+    def __init__(self, space):
+        self.cost = tuners.SyntheticCost(space, seed=7)
+
+    def __call__(self, indices):
+        return self.cost(indices)
+
+
+@pytest.mark.parametrize("name", list(tuners.TUNERS))
+def test_tuner_returns_best_measured_and_never_remeasures(name, tmp_path):
+    space = template.matmul_space(64, 48, 32)
+    measure = _CountingMeasure(space)
+    tuner = tuners.make_tuner(name, space, seed=1)
+    log = tmp_path / f"{name}.jsonl"
+    best = tuner.tune(measure, n_trial=24, batch_size=5, log_file=log)
+    seen = measure.cost.seen
+    assert len(seen) == 24 and len(set(seen)) == 24  # never re-measured
+    assert best.score == max(measure.cost.score(i) for i in seen)
+    assert best.index in seen
+    rows = tuners.load_records(log)
+    assert len(rows) == 24 and {r["index"] for r in rows} == set(seen)
+    rec = tuners.best_record(log)
+    assert rec["index"] == best.index and space.index_of(rec["config"]) == best.index
+    assert tuner.curve() == sorted(tuner.curve())  # best-so-far is monotone
+
+
+def test_tiny_space_is_exhausted_without_repeats():
+    space = template.ConfigSpace()
+    space.define_knob("a", [0, 1, 2])
+    space.define_knob("b", [0, 1])
+    for name in tuners.TUNERS:
+        cost = tuners.SyntheticCost(space, seed=0)
+        best = tuners.make_tuner(name, space, seed=0).tune(cost, n_trial=50, batch_size=4)
+        assert sorted(cost.seen) == list(range(6))
+        assert best.index == cost.best_index and best.score == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_ga_and_xgb_beat_random_on_a_known_optimum():
+    space = template.matmul_space(512, 512, 512)
+    mean_best = {}
+    for name in ("random", "ga", "xgb"):
+        scores = []
+        for seed in range(3):
+            cost = tuners.SyntheticCost(space, seed=100 + seed)
+            kw = {"pool_size": 256} if name == "xgb" else {}
+            scores.append(tuners.make_tuner(name, space, seed=seed, **kw).tune(cost, n_trial=48, batch_size=8).score)
+        mean_best[name] = float(np.mean(scores))
+    assert mean_best["ga"] > mean_best["random"], mean_best
+    assert mean_best["xgb"] > mean_best["random"], mean_best
+
+
+def test_xgb_tuner_falls_back_with_a_message(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "xgboost", None)  # makes `import xgboost` raise ImportError
+    space = template.matmul_space(64, 48, 32)
+    with pytest.warns(RuntimeWarning, match="xgboost is not installed"):
+        tuner = tuners.XGBTuner(space, seed=0)
+    assert "falls back to random" in capsys.readouterr().out
+    cost = tuners.SyntheticCost(space, seed=1)
+    best = tuner.tune(cost, n_trial=20, batch_size=5)
+    assert len(set(cost.seen)) == 20 and best.score == max(cost.score(i) for i in cost.seen)
+    name, sentence = metaschedule.cost_model_choice("xgb")
+    assert name == "random" and "xgboost is not installed" in sentence
+
+
+def test_template_measurer_scores_real_kernels():
+    n, l, m = 32, 32, 32
+    space = template.matmul_space(n, l, m)
+    meas = tuners.TemplateMeasurer(space, n, l, m, number=1, repeat=1)
+    idx = [0, len(space) - 1]
+    scores = meas(idx)
+    assert all(s > 0 for s in scores), meas.last_errors
+    meas(idx)  # cached: no second build
+    assert meas.count == 2
+
+
+# ---------------------------------------------------------------- part 3: MetaSchedule database
+def test_committed_database_replays_a_correct_kernel():
+    mod = matmul.matmul_module(512, 512, 512)
+    db = metaschedule.load_database(metaschedule.committed_dir("matmul_512"))
+    sch = metaschedule.compile_from_database(db, mod)
+    assert "sample_perfect_tile" in str(sch.trace)
+    data = matmul.make_data(512, 512, 512, seed=5)
+    assert matmul.run_and_check(matmul.build(sch), data) < 1e-2
+
+
+def test_database_for_another_shape_says_retune():
+    db = metaschedule.load_database(metaschedule.committed_dir("matmul_512"))
+    with pytest.raises(metaschedule.DatabaseError, match="no tuning record for this workload"):
+        metaschedule.compile_from_database(db, matmul.matmul_module(64, 64, 64))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "missing", "not_a_record"])
+def test_corrupted_database_is_a_clear_error(tmp_path, damage):
+    src = metaschedule.committed_dir("matmul_512")
+    dst = tmp_path / "db"
+    shutil.copytree(src, dst)
+    rec = dst / metaschedule.RECORD_FILE
+    text = rec.read_text()
+    if damage == "truncate":
+        rec.write_text(text[: len(text) // 2])
+    elif damage == "garbage":
+        rec.write_text("this is not json\n" + text)
+    elif damage == "missing":
+        (dst / metaschedule.WORKLOAD_FILE).unlink()
+    else:
+        rec.write_text(json.dumps([0, ["not", "a", "trace"]]) + "\n")
+    with pytest.raises(metaschedule.DatabaseError, match="Re-tune"):
+        metaschedule.load_database(dst)
+    with pytest.raises(metaschedule.DatabaseError, match="retune_trials"):
+        metaschedule.replay_or_tune(matmul.matmul_module(512, 512, 512), dst, retune_trials=0)
+
+
+# ---------------------------------------------------------------- part 4: Relax model
+@pytest.mark.slow
+def test_relax_mlp_matches_pytorch_with_the_committed_database():
+    torch = pytest.importorskip("torch")
+    from course_lib.tuning import relax_model
+
+    model = relax_model.make_mlp()
+    x = torch.randn(32, 256, generator=torch.Generator().manual_seed(0))
+    mod = relax_model.to_relax(model, x)
+    tasks = relax_model.extract_tasks(mod)
+    assert len(tasks) == 3  # three fused matmul(+bias)(+relu) kernels
+    db = metaschedule.load_database(metaschedule.committed_dir("mlp"))
+    run = relax_model.vm_runner(relax_model.build(mod, db))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    np.testing.assert_allclose(run(x.numpy()), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_tune_a_tiny_matmul_then_replay_it(tmp_path):
+    """The whole MetaSchedule path with the workarounds (fast builder, host-only intrinsics): tune, save, reload, replay."""
+    n = 64
+    mod = matmul.matmul_module(n, n, n)
+    db, sentence = metaschedule.tune(mod, tmp_path / "work", trials=4, num_trials_per_iter=4, verbose=False)
+    assert "cost model" in sentence
+    saved = metaschedule.save_database(tmp_path / "work", tmp_path / "db")
+    curve = metaschedule.tuning_curve(saved, common.matmul_flops(n, n, n))
+    assert len(curve) == 4 and max(curve) > 0  # 4 trials built and measured (none timed out)
+    sch = metaschedule.compile_from_database(metaschedule.load_database(saved), mod)
+    assert matmul.run_and_check(matmul.build(sch), matmul.make_data(n, n, n, seed=1)) < 1e-3
+
+
+def test_design_spaces_are_traces_with_sampled_decisions():
+    spaces = metaschedule.design_spaces(matmul.matmul_module(64, 64, 64))
+    assert len(spaces) >= 1
+    assert all("sample_perfect_tile" in str(s.trace) for s in spaces)
+
+
+def test_importing_the_lesson_modules_does_not_import_tvm():
+    import subprocess
+
+    code = (
+        "import sys; import course_lib.tuning.tuners, course_lib.tuning.metaschedule, course_lib.tuning.relax_model; "
+        "print('tvm' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_committed_mlp_database_shows_the_task_schedulers_allocation():
+    from course_lib.tuning import relax_model
+
+    table = relax_model.scheduler_summary(metaschedule.committed_dir("mlp"))
+    rows = [ln for ln in table.splitlines() if ln.strip()[:1].isdigit()]
+    assert len(rows) == 3 and "Total trials: 128" in table
+    trials = {r.split("|")[1].strip(): int(r.split("|")[7]) for r in rows}
+    assert sum(trials.values()) == 128
+    # the gradient scheduler gave the extra trials to the biggest kernel (512×512 hidden layer)
+    assert max(trials, key=trials.get) == "fused_matmul1_add_relu"
