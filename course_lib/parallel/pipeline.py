@@ -64,13 +64,7 @@ def microbatches(n_rows: int, n: int) -> list[slice]:
     """Row slices of ``n`` micro-batches (sizes differ by at most one) (02)."""
     if not 1 <= n <= n_rows:
         raise ValueError(f"micro-batches must be between 1 and the batch size {n_rows}, got {n}")
-    base, extra = divmod(n_rows, n)
-    out, start = [], 0
-    for i in range(n):
-        k = base + (1 if i < extra else 0)
-        out.append(slice(start, start + k))
-        start += k
-    return out
+    return [slice(r.start, r.stop) for r in split_layers(n_rows, n)]  # the same even split as the stages
 
 
 def build(model_config, world, microbatches_per_batch: int = 1, max_inflight: int | None = None,
