@@ -80,3 +80,58 @@ def ort_predictor(session):
         return torch.from_numpy(session.run(None, {name: arr.astype(np.float32)})[0])
 
     return run
+
+
+def optimized_op_counts(path: str | Path) -> Counter:
+    """Op types of the graph onnxruntime actually runs (after its CPU graph optimizations), e.g. ``QLinearConv``."""
+    import tempfile
+
+    ort = require("onnxruntime")
+    with tempfile.TemporaryDirectory() as d:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # portable subset, no NCHWc
+        so.optimized_model_filepath = str(Path(d) / "opt.onnx")
+        so.log_severity_level = 3
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return op_counts(so.optimized_model_filepath)
+
+
+def node_module_name(node_name: str) -> str:
+    """ONNX node name from the TorchScript exporter → torch module name ('/model.89/m.0/Conv' → 'model.89.m.0')."""
+    parts = [p for p in node_name.split("/") if p]
+    return ".".join(parts[:-1])
+
+
+def ort_quantize_static(fp32_path: str | Path, out_path: str | Path, batches, keep_float: tuple[str, ...] = (),
+                        per_channel: bool = True) -> Path:
+    """onnxruntime's own PTQ of an fp32 ONNX: Q/DQ around *every* supported op (u8 activations, s8 weights).
+
+    That placement (a Q after each op's output as well) is what onnxruntime's CPU int8 kernels
+    (``QLinearConv`` …) need; ``keep_float`` lists torch module names whose convs stay float.
+    """
+    require("onnxruntime")
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    batches = [b.numpy() if isinstance(b, torch.Tensor) else np.asarray(b, np.float32) for b in batches]
+    if not batches:
+        raise ValueError("calibration saw zero batches: pass a non-empty calibration set")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter({"images": b} for b in batches)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    keep = set(keep_float)
+    exclude = [n.name for n in onnx.load(str(fp32_path)).graph.node
+               if n.op_type == "Conv" and node_module_name(n.name) in keep]
+    if len(exclude) != len(keep):
+        raise ValueError(f"could not find every layer of {sorted(keep)} in the ONNX graph")
+    import logging
+
+    logging.getLogger().setLevel(logging.ERROR)
+    quantize_static(str(fp32_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+    return Path(out_path)
