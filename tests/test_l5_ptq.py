@@ -238,5 +238,31 @@ def test_modelopt_quantize_disable_export(tmp_path):
     assert len(mo.quantizer_names(q)) < n_on
     p = OX.export_onnx(q, tmp_path / "mo.onnx", img_size=16)
     assert OX.count_qdq(p) >= 8
+    with torch.no_grad():  # graph optimizations off: the literal Q/DQ ops, same numbers as torch
+        assert torch.allclose(OX.ort_predictor(OX.ort_session(p, optimize=False))(x), q(x), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_modelopt_entropy_calibration_and_ort_static(tmp_path):
+    pytest.importorskip("modelopt")
+    from course_lib.ptq import mo
+
+    f = toy()
+    q = mo.quantize(f, batches(size=16), method="entropy", stride=4)
+    x = batches(1, size=16, seed=6)[0]
+    amax = [m.amax for _, m in q.named_modules() if type(m).__name__ == "TensorQuantizer" and m.is_enabled]
+    assert amax and all((a > 0).all() for a in amax)
     with torch.no_grad():
-        assert torch.allclose(OX.ort_predictor(OX.ort_session(p))(x), q(x), atol=1e-4)
+        assert (q(x) - f(x)).norm() / f(x).norm() < 0.05
+    with pytest.raises(ValueError, match="method"):
+        mo.quantize(f, batches(size=16), method="mse")
+    # onnxruntime's own static quantization of the float ONNX, one layer kept in float
+    p = OX.export_onnx(f, tmp_path / "f.onnx", img_size=16)
+    assert OX.node_module_name("/model.89/m.0/Conv") == "model.89.m.0"
+    pq_ = OX.ort_quantize_static(p, tmp_path / "s.onnx", [b.numpy() for b in batches(size=16)], keep_float=("4",))
+    ops = OX.optimized_op_counts(pq_)
+    assert ops["QLinearConv"] == 2 and ops["Conv"] == 1
+    with pytest.raises(ValueError, match="could not find"):
+        OX.ort_quantize_static(p, tmp_path / "t.onnx", [b.numpy() for b in batches(size=16)], keep_float=("nope",))
+    with pytest.raises(ValueError, match="zero batches"):
+        OX.ort_quantize_static(p, tmp_path / "t.onnx", [])

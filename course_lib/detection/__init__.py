@@ -2,5 +2,5 @@
 
 Introduced in ``05_yolov7_ptq.ipynb``. Submodules: :mod:`.data`, :mod:`.model`, :mod:`.boxes`,
 :mod:`.loss`, :mod:`.evaluate`, :mod:`.train`, :mod:`.official`. Needs the ``ptq`` extra
-(``pip install -e '.[ptq]'``) for pycocotools and scikit-learn-free data generation.
+(``pip install -e '.[ptq]'``) for pycocotools (COCOeval).
 """
