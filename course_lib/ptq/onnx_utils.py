@@ -103,15 +103,21 @@ def node_module_name(node_name: str) -> str:
 
 
 def ort_quantize_static(fp32_path: str | Path, out_path: str | Path, batches, keep_float: tuple[str, ...] = (),
-                        per_channel: bool = True) -> Path:
+                        per_channel: bool = True, method: str = "percentile") -> Path:
     """onnxruntime's own PTQ of an fp32 ONNX: Q/DQ around *every* supported op (u8 activations, s8 weights).
 
     That placement (a Q after each op's output as well) is what onnxruntime's CPU int8 kernels
-    (``QLinearConv`` …) need; ``keep_float`` lists torch module names whose convs stay float.
+    (``QLinearConv`` …) need; ``keep_float`` lists torch module names whose convs stay float;
+    ``method`` is onnxruntime's calibrator: "minmax", "percentile" or "entropy".
     """
     require("onnxruntime")
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if method not in methods:
+        raise ValueError(f"method must be one of {sorted(methods)}, got {method!r}")
 
     batches = [b.numpy() if isinstance(b, torch.Tensor) else np.asarray(b, np.float32) for b in batches]
     if not batches:
@@ -133,5 +139,6 @@ def ort_quantize_static(fp32_path: str | Path, out_path: str | Path, batches, ke
 
     logging.getLogger().setLevel(logging.ERROR)
     quantize_static(str(fp32_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                    calibrate_method=methods[method])
     return Path(out_path)
