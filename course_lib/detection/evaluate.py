@@ -1,0 +1,77 @@
+"""Run a detector over images and score it with pycocotools' COCOeval (mAP@.5:.95, the COCO metric).
+
+Introduced in ``05_yolov7_ptq.ipynb``. Works for anything that maps a float tensor (B, 3, H, W) to
+decoded predictions (B, N, 5+nc): the PyTorch model, its fake-quantized version, or an onnxruntime
+session wrapped by :func:`course_lib.ptq.onnx_utils.ort_predictor`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Callable
+
+import numpy as np
+import torch
+
+from course_lib.detection.boxes import non_max_suppression
+from course_lib.detection.data import to_tensor
+
+
+@torch.no_grad()
+def predict(fn: Callable, images: np.ndarray, batch_size: int = 32, conf_thres: float = 0.001,
+            iou_thres: float = 0.65, max_det: int = 100) -> list[torch.Tensor]:
+    """Detections per image, each (k, 6) [x1, y1, x2, y2, score, cls], for uint8 images (N, H, W, 3)."""
+    if isinstance(fn, torch.nn.Module):
+        fn.eval()
+    out: list[torch.Tensor] = []
+    for s in range(0, len(images), batch_size):
+        x = to_tensor(images[s:s + batch_size])
+        pred = fn(x)
+        if isinstance(pred, (list, tuple)):
+            raise ValueError("the model returned raw training maps; call model.eval() first")
+        out += non_max_suppression(torch.as_tensor(pred), conf_thres, iou_thres, max_det)
+    return out
+
+
+def to_coco_results(dets: list[torch.Tensor], image_ids: list[int] | None = None) -> list[dict]:
+    """COCO results json rows ({image_id, category_id, bbox [x, y, w, h], score}) from per-image detections."""
+    image_ids = image_ids or list(range(1, len(dets) + 1))
+    rows = []
+    for img_id, d in zip(image_ids, dets):
+        for x1, y1, x2, y2, score, cls in d.tolist():
+            rows.append({"image_id": int(img_id), "category_id": int(cls) + 1,
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
+    return rows
+
+
+def coco_map(coco_gt, results: list[dict], verbose: bool = False) -> dict:
+    """COCOeval bbox statistics: {"map": mAP@.5:.95, "map50": mAP@.5, "map75", "stats": all 12}.
+
+    An empty result list scores 0 (pycocotools cannot load an empty list).
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    if not results:
+        return {"map": 0.0, "map50": 0.0, "map75": 0.0, "stats": [0.0] * 12}
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        dt = coco_gt.loadRes(results)
+        ev = COCOeval(coco_gt, dt, "bbox")
+        ev.params.imgIds = sorted(coco_gt.getImgIds())
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    if verbose:
+        print(buf.getvalue())
+    s = [float(v) for v in ev.stats]
+    return {"map": s[0], "map50": s[1], "map75": s[2], "stats": s}
+
+
+def evaluate(fn: Callable, images: np.ndarray, coco_gt, batch_size: int = 32, verbose: bool = False, **nms_kw) -> dict:
+    """Predict on ``images`` (ids 1..N of ``coco_gt``) and return :func:`coco_map`'s dict."""
+    n_gt = len(coco_gt.getImgIds())
+    if len(images) != n_gt:
+        raise ValueError(f"{len(images)} images but the COCO ground truth lists {n_gt}; use data.subset_coco()")
+    dets = predict(fn, images, batch_size=batch_size, **nms_kw)
+    return coco_map(coco_gt, to_coco_results(dets), verbose=verbose)

@@ -1,0 +1,144 @@
+"""ONNX export with Q/DQ nodes, graph inspection and onnxruntime inference.
+
+Introduced in ``05_yolov7_ptq.ipynb``. pytorch-quantization exports its fake-quantizers as
+``QuantizeLinear``/``DequantizeLinear`` pairs only with ``TensorQuantizer.use_fb_fake_quant = True``
+(torch's native fake-quant ops) and the TorchScript-based exporter (``dynamo=False``, opset ≥ 13
+for per-channel axes). TensorRT — and onnxruntime — read those pairs as "run this in int8".
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from course_lib.ptq import pq, require
+
+
+def export_onnx(model: nn.Module, path: str | Path, img_size: int = 128, batch: int = 1, dynamic_batch: bool = True,
+                opset: int = 13) -> Path:
+    """Export ``model`` (float or fake-quantized) to ONNX; quantized models must be calibrated first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    has_q = False
+    try:
+        has_q = bool(pq.quantizers(model))
+    except ImportError:
+        pass
+    if has_q:
+        pq.check_calibrated(model)
+    model.eval()
+    x = torch.zeros(batch, 3, img_size, img_size)
+    kw = dict(input_names=["images"], output_names=["output"], opset_version=opset, dynamo=False, do_constant_folding=True)
+    if dynamic_batch:
+        kw["dynamic_axes"] = {"images": {0: "batch"}, "output": {0: "batch"}}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if has_q:
+            with pq.fb_fake_quant(True):
+                torch.onnx.export(model, (x,), str(path), **kw)
+        else:
+            torch.onnx.export(model, (x,), str(path), **kw)
+    return path
+
+
+def op_counts(path: str | Path) -> Counter:
+    """How many nodes of each op type the ONNX graph has (e.g. ``QuantizeLinear``, ``Conv``)."""
+    onnx = require("onnx")
+    return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+def count_qdq(path: str | Path) -> int:
+    """Number of QuantizeLinear + DequantizeLinear nodes in the ONNX graph."""
+    c = op_counts(path)
+    return c["QuantizeLinear"] + c["DequantizeLinear"]
+
+
+def ort_session(path: str | Path, threads: int = 1, optimize: bool = True):
+    """An onnxruntime CPU InferenceSession with ``threads`` intra-op threads (graph optimizations on)."""
+    ort = require("onnxruntime")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def ort_predictor(session):
+    """Wrap a session as a function torch tensor (B, 3, H, W) → torch tensor, usable by detection.evaluate."""
+    name = session.get_inputs()[0].name
+
+    def run(x):
+        arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
+        return torch.from_numpy(session.run(None, {name: arr.astype(np.float32)})[0])
+
+    return run
+
+
+def optimized_op_counts(path: str | Path) -> Counter:
+    """Op types of the graph onnxruntime actually runs (after its CPU graph optimizations), e.g. ``QLinearConv``."""
+    import tempfile
+
+    ort = require("onnxruntime")
+    with tempfile.TemporaryDirectory() as d:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # portable subset, no NCHWc
+        so.optimized_model_filepath = str(Path(d) / "opt.onnx")
+        so.log_severity_level = 3
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return op_counts(so.optimized_model_filepath)
+
+
+def node_module_name(node_name: str) -> str:
+    """ONNX node name from the TorchScript exporter → torch module name ('/model.89/m.0/Conv' → 'model.89.m.0')."""
+    parts = [p for p in node_name.split("/") if p]
+    return ".".join(parts[:-1])
+
+
+def ort_quantize_static(fp32_path: str | Path, out_path: str | Path, batches, keep_float: tuple[str, ...] = (),
+                        per_channel: bool = True, method: str = "percentile") -> Path:
+    """onnxruntime's own PTQ of an fp32 ONNX: Q/DQ around *every* supported op (u8 activations, s8 weights).
+
+    That placement (a Q after each op's output as well) is what onnxruntime's CPU int8 kernels
+    (``QLinearConv`` …) need; ``keep_float`` lists torch module names whose convs stay float;
+    ``method`` is onnxruntime's calibrator: "minmax", "percentile" or "entropy".
+    """
+    require("onnxruntime")
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if method not in methods:
+        raise ValueError(f"method must be one of {sorted(methods)}, got {method!r}")
+
+    batches = [b.numpy() if isinstance(b, torch.Tensor) else np.asarray(b, np.float32) for b in batches]
+    if not batches:
+        raise ValueError("calibration saw zero batches: pass a non-empty calibration set")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter({"images": b} for b in batches)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    keep = set(keep_float)
+    exclude = [n.name for n in onnx.load(str(fp32_path)).graph.node
+               if n.op_type == "Conv" and node_module_name(n.name) in keep]
+    if len(exclude) != len(keep):
+        raise ValueError(f"could not find every layer of {sorted(keep)} in the ONNX graph")
+    import logging
+
+    logging.getLogger().setLevel(logging.ERROR)
+    quantize_static(str(fp32_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                    calibrate_method=methods[method])
+    return Path(out_path)
