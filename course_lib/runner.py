@@ -17,6 +17,7 @@ Exit status: 0 when nothing failed, 1 when a notebook failed, 2 for bad input (o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -212,6 +213,26 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
+# Figures must land in the executed notebook. A process that imported streamlit (lesson 3's tests do)
+# carries MPLBACKEND=Agg in its environment, which the kernel would inherit: plt.show() then draws nothing.
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+
+@contextlib.contextmanager
+def _kernel_env(values: dict[str, str]):
+    """Set environment variables for the kernel papermill starts, restoring the caller's afterwards."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def execute_one(spec: NotebookSpec, profile: str, out: Path, kernel: str, timeout: int | None) -> NotebookResult:
     """Execute one notebook with papermill into ``out``; never raises for a notebook's own failure."""
     import papermill as pm
@@ -220,21 +241,20 @@ def execute_one(spec: NotebookSpec, profile: str, out: Path, kernel: str, timeou
     side = out / f".{spec.stem}.metrics.json"
     side.unlink(missing_ok=True)
     params = {"profile": profile, **spec.params.get(profile, {})}
-    env_before = os.environ.get(report.ENV_VAR)
-    os.environ[report.ENV_VAR] = str(side)
     t0 = time.perf_counter()
     status, error, reason = "ok", None, None
     try:
-        pm.execute_notebook(
-            str(spec.path),
-            str(out / spec.path.name),
-            parameters=params,
-            kernel_name=kernel,
-            cwd=str(spec.path.parent),
-            progress_bar=False,
-            log_output=False,
-            execution_timeout=timeout or spec.timeout.get(profile, DEFAULT_CELL_TIMEOUT),
-        )
+        with _kernel_env({report.ENV_VAR: str(side), "MPLBACKEND": INLINE_BACKEND}):
+            pm.execute_notebook(
+                str(spec.path),
+                str(out / spec.path.name),
+                parameters=params,
+                kernel_name=kernel,
+                cwd=str(spec.path.parent),
+                progress_bar=False,
+                log_output=False,
+                execution_timeout=timeout or spec.timeout.get(profile, DEFAULT_CELL_TIMEOUT),
+            )
     except PapermillExecutionError as e:
         if e.ename == "SkipLesson":
             status, reason = "skipped", _last_line(e.evalue) or "skipped (no reason given)"
@@ -242,11 +262,6 @@ def execute_one(spec: NotebookSpec, profile: str, out: Path, kernel: str, timeou
             status, error = "failed", f"{e.ename}: {_last_line(e.evalue)}"
     except Exception as e:  # kernel died, cell timeout, unreadable notebook, ...
         status, error = "failed", f"{type(e).__name__}: {_last_line(e)}"
-    finally:
-        if env_before is None:
-            os.environ.pop(report.ENV_VAR, None)
-        else:
-            os.environ[report.ENV_VAR] = env_before
     seconds = time.perf_counter() - t0
     try:
         metrics, skipped = report.read_side_file(side)

@@ -4,6 +4,7 @@ import json
 import os
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from conftest import ROOT
@@ -21,3 +22,8 @@ def test_every_notebook_runs_in_the_cpu_profile(tmp_path):
     assert status == 0
     expected = {p.stem for p in (ROOT / "notebooks").glob("*.ipynb")}
     assert set(doc["notebooks"]) == expected
+    for stem in expected:  # a notebook that plots must carry its figures in the executed copy
+        nb = nbformat.read(out / f"{stem}.ipynb", as_version=4)
+        plots = any("plt." in c.source for c in nb.cells if c.cell_type == "code")
+        images = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+        assert images or not plots, f"{stem}: plots but no figure in the executed notebook"

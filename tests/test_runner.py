@@ -16,15 +16,18 @@ NB = FIXTURES / "notebooks"
 PROFILES = FIXTURES / "profiles.yaml"
 
 
-def course(*args, cwd=ROOT):
+def course(*args, cwd=ROOT, env=None):
     """Run the real command line (python -m course_lib) and return the completed process."""
-    return subprocess.run([sys.executable, "-m", "course_lib", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "course_lib", *args], capture_output=True, text=True, cwd=cwd, timeout=600, env=env)
 
 
 @pytest.fixture(scope="module")
 def fixture_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
-    proc = course("run", "--profile", "cpu", "--out", str(out), "--notebooks", str(NB), "--profiles", str(PROFILES), "--no-progress")
+    # MPLBACKEND=Agg is what a process that imported streamlit carries: figures must still be kept
+    proc = course("run", "--profile", "cpu", "--out", str(out), "--notebooks", str(NB), "--profiles", str(PROFILES), "--no-progress",
+                  env={"MPLBACKEND": "Agg"})
     return proc, out
 
 
@@ -60,6 +63,7 @@ def test_outputs_are_written_to_out_and_sources_stay_clean(fixture_run):
     _, out = fixture_run
     executed = nbformat.read(out / "00_pass.ipynb", as_version=4)
     assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
+    assert any("image/png" in o.get("data", {}) for c in executed.cells for o in c.get("outputs", [])), "the figure was lost"
     assert (out / "01_fail.ipynb").exists()  # the failing notebook is kept, error cell included
     for src in NB.glob("*.ipynb"):
         assert not any(c.get("outputs") for c in nbformat.read(src, as_version=4).cells if c.cell_type == "code")
