@@ -266,21 +266,16 @@ def yolov7_layers(nc: int = 80, width: float = 1.0, elan_depth: int = 4, anchors
     back_cat = [-1 - 2 * j for j in range(d // 2)] + [-d - 1, -d - 2]  # depth 4: [-1, -3, -5, -6]
     head_cat = [-1 - j for j in range(d)] + [-d - 1, -d - 2]  # depth 4: [-1, ..., -6]
 
-    def elan(cmid, cout):  # backbone ELAN
+    def elan(cmid, cout, cchain=None, cat=back_cat):  # backbone ELAN: two 1×1 branches, a 3×3 chain, concat
         add(-1, Conv, cmid, 1, 1)
         add(-2, Conv, cmid, 1, 1)
         for _ in range(d):
-            add(-1, Conv, cmid, 3, 1)
-        add(back_cat, Concat, 1)
+            add(-1, Conv, cchain or cmid, 3, 1)
+        add(cat, Concat, 1)
         return add(-1, Conv, cout, 1, 1)
 
-    def elan_w(cmid, cchain, cout):  # head ELAN (wider concat)
-        add(-1, Conv, cmid, 1, 1)
-        add(-2, Conv, cmid, 1, 1)
-        for _ in range(d):
-            add(-1, Conv, cchain, 3, 1)
-        add(head_cat, Concat, 1)
-        return add(-1, Conv, cout, 1, 1)
+    def elan_w(cmid, cchain, cout):  # head ELAN-W: the same block, concatenating every chain output
+        return elan(cmid, cout, cchain, head_cat)
 
     def mp(cbranch, extra=None):  # MP downsampling: maxpool→1×1 ‖ 1×1→3×3/2
         add(-1, MP)
