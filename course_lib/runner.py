@@ -253,7 +253,7 @@ def execute_one(spec: NotebookSpec, profile: str, out: Path, kernel: str, timeou
                 cwd=str(spec.path.parent),
                 progress_bar=False,
                 log_output=False,
-                execution_timeout=timeout or spec.timeout.get(profile, DEFAULT_CELL_TIMEOUT),
+                execution_timeout=timeout or spec.timeout[profile],
             )
     except PapermillExecutionError as e:
         if e.ename == "SkipLesson":
@@ -271,8 +271,8 @@ def execute_one(spec: NotebookSpec, profile: str, out: Path, kernel: str, timeou
     return NotebookResult(status, seconds, error, reason, metrics, skipped)
 
 
-def write_reports(out: Path, profile: str, started: str, results: dict[str, NotebookResult]) -> None:
-    """Write ``report.json`` (the fixed schema) and ``report.md`` atomically."""
+def write_reports(out: Path, profile: str, started: str, results: dict[str, NotebookResult]) -> dict:
+    """Write ``report.json`` (the fixed schema) and ``report.md`` atomically; return the report dict."""
     doc = {
         "profile": profile,
         "started": started,
@@ -280,6 +280,7 @@ def write_reports(out: Path, profile: str, started: str, results: dict[str, Note
     }
     _atomic_write(out / "report.json", json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     _atomic_write(out / "report.md", render_markdown(doc, results))
+    return doc
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -346,15 +347,15 @@ def run(
     results: dict[str, NotebookResult] = {}
     from tqdm.auto import tqdm
 
+    doc: dict = {}
     bar = tqdm(specs, desc="notebooks", unit="nb", disable=not progress, file=sys.stderr)
     for spec in bar:
         bar.set_postfix_str(spec.stem)
         results[spec.stem] = execute_one(spec, resolved, out_dir, kernel, timeout)
         r = results[spec.stem]
         bar.write(f"{spec.stem}: {r.status} in {r.seconds:.1f} s" + (f" — {r.error or r.skip_reason}" if r.status != "ok" else ""))
-        write_reports(out_dir, resolved, started, results)
+        doc = write_reports(out_dir, resolved, started, results)
     bar.close()
-    doc = json.loads((out_dir / "report.json").read_text(encoding="utf-8"))
     failed = [s for s, r in results.items() if r.status == "failed"]
     return (1 if failed else 0), doc
 
