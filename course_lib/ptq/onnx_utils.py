@@ -103,11 +103,13 @@ def node_module_name(node_name: str) -> str:
 
 
 def ort_quantize_static(fp32_path: str | Path, out_path: str | Path, batches, keep_float: tuple[str, ...] = (),
-                        per_channel: bool = True, method: str = "percentile") -> Path:
+                        per_channel: bool = True, method: str = "percentile", float_modules: tuple[str, ...] = ()) -> Path:
     """onnxruntime's own PTQ of an fp32 ONNX: Q/DQ around *every* supported op (u8 activations, s8 weights).
 
     That placement (a Q after each op's output as well) is what onnxruntime's CPU int8 kernels
     (``QLinearConv`` …) need; ``keep_float`` lists torch module names whose convs stay float;
+    ``float_modules`` lists torch module names *all* of whose nodes stay float (e.g. the detection head:
+    its 1×1 convs produce the logits and its tail decodes boxes in pixels, where 8 bits cost accuracy);
     ``method`` is onnxruntime's calibrator: "minmax", "percentile" or "entropy".
     """
     require("onnxruntime")
@@ -131,14 +133,23 @@ def ort_quantize_static(fp32_path: str | Path, out_path: str | Path, batches, ke
             return next(self.it, None)
 
     keep = set(keep_float)
-    exclude = [n.name for n in onnx.load(str(fp32_path)).graph.node
-               if n.op_type == "Conv" and node_module_name(n.name) in keep]
+    nodes = onnx.load(str(fp32_path)).graph.node
+    exclude = [n.name for n in nodes if n.op_type == "Conv" and node_module_name(n.name) in keep]
     if len(exclude) != len(keep):
         raise ValueError(f"could not find every layer of {sorted(keep)} in the ONNX graph")
+    for mod in float_modules:
+        under = [n.name for n in nodes if (node_module_name(n.name) + ".").startswith(mod + ".")]
+        if not under:
+            raise ValueError(f"no ONNX node belongs to module {mod!r}")
+        exclude += [n for n in under if n not in exclude]
     import logging
 
     logging.getLogger().setLevel(logging.ERROR)
-    quantize_static(str(fp32_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                    calibrate_method=methods[method])
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
+        quantize_static(str(fp32_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                        calibrate_method=methods[method])
     return Path(out_path)
