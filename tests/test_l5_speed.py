@@ -145,3 +145,13 @@ def test_float_modules_must_exist(variants, tmp_path):
     with pytest.raises(ValueError, match="no ONNX node belongs"):
         OX.ort_quantize_static(variants[SP.FP32], tmp_path / "x.onnx", [b.numpy() for b in shapes("calib", 8)],
                                float_modules=("model.999",))
+
+
+def test_tensorrt_path_fails_clearly_without_a_gpu(variants):
+    from course_lib.ptq import trt as TRT
+
+    with pytest.raises(ValueError, match="precision"):
+        TRT.build_engine(variants[SP.FP32], "int4")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA GPU"):
+            TRT.build_engine(variants[SP.FP32], "fp16")
