@@ -7,13 +7,12 @@ onnxruntime), :mod:`.mo` (the same with NVIDIA ModelOpt). All need the ``ptq`` e
 """
 
 
-def require(module: str, package: str | None = None):
-    """Import ``module`` or raise ImportError naming the pip extra that provides it."""
+def require(module: str, package: str | None = None, install: str | None = None):
+    """Import ``module`` or raise ImportError saying how to install it (default: the ``ptq`` extra)."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise ImportError(
-            f"{module} is needed for lesson 5 ({package or module}); install the extra: pip install -e '.[ptq]'"
-        ) from e
+        how = f"install it: {install}" if install else "install the extra: pip install -e '.[ptq]'"
+        raise ImportError(f"{module} is needed for lesson 5 ({package or module}); {how}") from e

@@ -119,7 +119,7 @@ def export_variants(fused: nn.Module, calib: Sequence[torch.Tensor], out_dir: st
     q = pq.quantize_model(fused, "max", skip=keep_float)
     pq.calibrate(q, calib, "max")
     paths[PQ_QDQ] = OX.export_onnx(q, out_dir / f"{stem}_int8_pq.onnx", img_size=img_size)
-    paths[ORT_QDQ] = OX.ort_quantize_static(paths[FP32], out_dir / f"{stem}_int8_ort.onnx", [b.numpy() for b in calib],
+    paths[ORT_QDQ] = OX.ort_quantize_static(paths[FP32], out_dir / f"{stem}_int8_ort.onnx", calib,
                                             keep_float=keep_float, float_modules=tuple(float_modules), method=ort_method)
     return paths
 
@@ -132,8 +132,6 @@ def benchmark_onnx(paths: dict[str, Path], image: np.ndarray | torch.Tensor, bat
     ``speedup`` (fp32 median / this median at the same batch; needs an ``"fp32"`` entry) and the number of
     integer (``QLinearConv``) and float (``Conv``) convolutions in the graph onnxruntime actually runs.
     """
-    import pandas as pd
-
     if FP32 not in paths:
         raise ValueError(f"paths needs an {FP32!r} entry to compare against, got {sorted(paths)}")
     img = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image, np.float32)

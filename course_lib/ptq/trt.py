@@ -16,13 +16,11 @@ from pathlib import Path
 
 import torch
 
+from course_lib.ptq import require
+
 
 def _trt():
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise ImportError("TensorRT engines need the `tensorrt` package and a CUDA GPU: pip install tensorrt") from e
-    return trt
+    return require("tensorrt", "TensorRT engines, on a CUDA GPU", install="pip install tensorrt")
 
 
 def build_engine(onnx_path: str | Path, precision: str = "fp16", img_size: int = 640, max_batch: int = 8,
