@@ -120,6 +120,55 @@ def have_gpus(n: int, what: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# Optional dependencies and progress bars: the one way every lesson does them
+# --------------------------------------------------------------------------------------------
+
+EXTRA_OF_LESSON = {0: "core", 1: "deploy", 2: "parallel", 3: "llm", 4: "tvm", 5: "ptq"}
+
+
+class MissingDependency(ImportError):
+    """An optional package a lesson needs is not installed; the message says how to install it."""
+
+
+def require(module: str, extra: str | None = None, *, what: str | None = None, install: str | None = None):
+    """Import ``module`` or raise :class:`MissingDependency` naming the command that installs it.
+
+    ``extra`` is the course's pip extra that brings it (``pip install -e '.[EXTRA]'``); ``install``
+    overrides the command for packages outside the extras (e.g. ``pip install tensorrt``)::
+
+        tvm = hw.require("tvm", "tvm")
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        how = install or (f"pip install -e '.[{extra}]'" if extra else f"pip install {module.split('.')[0]}")
+        need = f" for {what}" if what else ""
+        raise MissingDependency(f"{module} is needed{need}; install it with: {how}") from e
+
+
+RUNNER_ENV = "COURSE_RUNNER"  # set by the ``course`` runner for the kernels it starts
+
+
+def under_runner() -> bool:
+    """True inside a notebook executed by ``course run`` (papermill), False in JupyterLab or a shell."""
+    return os.environ.get(RUNNER_ENV) == "1"
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm progress bar: one updating line in JupyterLab and a terminal, off under the runner.
+
+    Executed notebooks (``course run``) are read later as documents: a progress bar there is only
+    noise on stderr, so it is disabled; pass ``disable=True`` to turn it off elsewhere too.
+    """
+    from tqdm.auto import tqdm
+
+    kwargs["disable"] = bool(kwargs.get("disable", False)) or under_runner()
+    return tqdm(iterable, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
 # Utilisation sampling
 # --------------------------------------------------------------------------------------------
 

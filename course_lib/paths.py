@@ -30,6 +30,11 @@ def data_dir() -> Path:
     return repo_root() / "data"
 
 
+def solutions_dir() -> Path:
+    """The exercises' solutions (``solutions/NN_name.py``), kept out of the notebooks."""
+    return repo_root() / "solutions"
+
+
 def profiles_file() -> Path:
     """The declarative per-notebook parameters for each profile (``ci/profiles.yaml``)."""
     return repo_root() / "ci" / "profiles.yaml"

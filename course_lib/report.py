@@ -23,6 +23,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[A-Za-z0-9_\-]+)+$")
 
 _metrics: dict[str, dict] = {}
 _skipped: list[str] = []
+_exercises: dict[str, str] = {}  # exercise id -> passed | failed | not_attempted
 
 
 def _side_file() -> Path | None:
@@ -35,7 +36,7 @@ def _flush() -> None:
     if path is None:
         return
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps({"metrics": _metrics, "skipped": _skipped}, indent=1), encoding="utf-8")
+    tmp.write_text(json.dumps({"metrics": _metrics, "skipped": _skipped, "exercises": _exercises}, indent=1), encoding="utf-8")
     tmp.replace(path)  # atomic: the runner never reads half a file
 
 
@@ -73,6 +74,14 @@ def note_skip(text: str) -> None:
         _flush()
 
 
+def record_exercise(exercise_id: str, status: str) -> None:
+    """Remember the outcome of an exercise check (called by :func:`course_lib.exercises.check`)."""
+    if status not in ("passed", "failed", "not_attempted"):
+        raise ValueError(f"exercise status must be passed, failed or not_attempted, got {status!r}")
+    _exercises[exercise_id] = status
+    _flush()
+
+
 def metrics() -> dict[str, dict]:
     """The metrics recorded in this process so far: ``{name: {"value": v, "unit": u}}``."""
     return {k: dict(v) for k, v in _metrics.items()}
@@ -80,8 +89,15 @@ def metrics() -> dict[str, dict]:
 
 def read_side_file(path: str | os.PathLike) -> tuple[dict, list[str]]:
     """(metrics, skipped sections) from a side file written by a notebook; empty if absent."""
-    p = Path(path)
-    if not p.exists():
-        return {}, []
-    data = json.loads(p.read_text(encoding="utf-8"))
+    data = _read(path)
     return dict(data.get("metrics", {})), list(data.get("skipped", []))
+
+
+def read_side_exercises(path: str | os.PathLike) -> dict[str, str]:
+    """``{exercise id: status}`` from a side file written by a notebook; empty if absent."""
+    return dict(_read(path).get("exercises", {}))
+
+
+def _read(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}

@@ -5,6 +5,9 @@
     course list
     course run [NAMES...] --profile {auto,cpu,gpu} --out DIR
     course clean [NAMES...] [--check]
+    course exercises [NAMES...]
+    course book RUN_DIR --out DIR
+    course gpu-check [--dry-run]
 
 ``course run`` executes each notebook with papermill into ``DIR`` (the sources in ``notebooks/``
 are never written), passing the parameters of the chosen profile from ``ci/profiles.yaml``. It
@@ -96,6 +99,7 @@ def discover(notebooks: Path, profiles: Path) -> list[NotebookSpec]:
     specs = []
     for path in sorted(notebooks.glob("*.ipynb")):
         entry = entries.get(path.stem) or {}
+        _check_entry(path.stem, entry)
         specs.append(
             NotebookSpec(
                 path=path,
@@ -107,6 +111,15 @@ def discover(notebooks: Path, profiles: Path) -> list[NotebookSpec]:
             )
         )
     return specs
+
+
+def _check_entry(stem: str, entry) -> None:
+    """A profile entry is a mapping whose ``cpu``/``gpu`` parameters are mappings too (else one clear line)."""
+    if not isinstance(entry, dict):
+        raise UsageError(f"profiles: {stem} must be a mapping (extra:, needs:, cpu:, gpu:), got {type(entry).__name__}")
+    for p in ("cpu", "gpu"):
+        if entry.get(p) is not None and not isinstance(entry[p], dict):
+            raise UsageError(f"profiles: {stem}.{p} must be a mapping of parameters ({{name: value}}), got {entry[p]!r}")
 
 
 def _timeouts(stem: str, value) -> dict:
@@ -167,21 +180,26 @@ def check_kernel(name: str) -> None:
 
 
 def check_out_dir(out: Path, notebooks: Path) -> None:
-    """The output folder must not be the source folder and must be writable (created if needed)."""
+    """The output folder must not be the source folder and must accept new files (tried, then undone).
+
+    ``os.access`` is not enough: as root it says yes for ``/proc`` and ``/sys``, where nothing can be
+    created. So a scratch folder is really created (and removed) in the nearest existing parent.
+    """
+    if not str(out).strip():
+        raise UsageError("--out is empty; name an output folder, e.g. --out build/course")
     out_r, nb_r = out.resolve(), notebooks.resolve()
     if out_r == nb_r:
         raise UsageError(f"--out {out} is the source notebooks folder; choose another folder")
     existing = out_r
     while not existing.exists():
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"output folder {out} is not writable ({existing} does not accept new files)")
-    if out_r.exists():
-        try:
-            with tempfile.NamedTemporaryFile(dir=out_r):
-                pass
-        except OSError as e:
-            raise UsageError(f"output folder {out} is not writable ({e.strerror})") from None
+    if not existing.is_dir():
+        raise UsageError(f"output folder {out} is not writable ({existing} is a file, not a folder)")
+    try:
+        probe = tempfile.mkdtemp(prefix=".course-write-test-", dir=existing)
+        os.rmdir(probe)
+    except OSError as e:
+        raise UsageError(f"output folder {out} is not writable ({existing}: {e.strerror or e})") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,15 +215,24 @@ class NotebookResult:
     skip_reason: str | None = None
     metrics: dict = field(default_factory=dict)
     skipped_sections: list[str] = field(default_factory=list)
+    exercises: dict = field(default_factory=dict)  # total / passed / failed / not_attempted
 
-    def as_json(self) -> dict:  # exactly the schema later lessons rely on
+    def as_json(self) -> dict:  # the schema later lessons rely on (``exercises`` added by the exercise layer)
         return {
             "status": self.status,
             "seconds": round(self.seconds, 3),
             "error": self.error,
             "skip_reason": self.skip_reason,
             "metrics": self.metrics,
+            "exercises": self.exercises,
         }
+
+
+def exercise_counts(total: int, outcomes: dict[str, str]) -> dict:
+    """Per-notebook exercise summary from the checks' outcomes (unchecked ones count as not attempted)."""
+    passed = sum(1 for v in outcomes.values() if v == "passed")
+    failed = sum(1 for v in outcomes.values() if v == "failed")
+    return {"total": total, "passed": passed, "failed": failed, "not_attempted": max(0, total - passed - failed)}
 
 
 def _last_line(text: str) -> str:
@@ -233,20 +260,53 @@ def _kernel_env(values: dict[str, str]):
                 os.environ[k] = v
 
 
-def execute_one(spec: NotebookSpec, profile: str, out: Path, kernel: str, timeout: int | None) -> NotebookResult:
-    """Execute one notebook with papermill into ``out``; never raises for a notebook's own failure."""
+def solutions_file(spec: NotebookSpec, folder: Path | None = None) -> Path:
+    """Where the solutions of a notebook's exercises live: ``solutions/NN_name.py``."""
+    return (folder or paths.solutions_dir()) / f"{spec.stem}.py"
+
+
+def _with_solutions(spec: NotebookSpec, out: Path, folder: Path | None = None) -> Path:
+    """A copy of the notebook (in ``out``) whose starter cells hold the solutions; the source stays untouched."""
+    import nbformat
+
+    from course_lib import exercises
+
+    nb = nbformat.read(spec.path, as_version=4)
+    if not exercises.exercises_in(nb):
+        return spec.path
+    sol = solutions_file(spec, folder)
+    if not sol.exists():
+        raise UsageError(f"--with-solutions: {spec.stem} has exercises but no solutions file {sol}")
+    try:
+        exercises.inject_solutions(nb, exercises.load_solutions(sol))
+    except (KeyError, ValueError) as e:
+        raise UsageError(f"--with-solutions: {spec.stem}: {str(e).strip(chr(39))}") from None
+    tmp = out / f".{spec.stem}.with-solutions.ipynb"
+    nbformat.write(nb, tmp)
+    return tmp
+
+
+def execute_one(spec: NotebookSpec, profile: str, out: Path, kernel: str, timeout: int | None,
+                source: Path | None = None) -> NotebookResult:
+    """Execute one notebook with papermill into ``out``; never raises for a notebook's own failure.
+
+    ``source`` replaces the notebook's own file (e.g. a copy with the solutions filled in).
+    """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
+
+    from course_lib import exercises, hw
 
     side = out / f".{spec.stem}.metrics.json"
     side.unlink(missing_ok=True)
     params = {"profile": profile, **spec.params.get(profile, {})}
     t0 = time.perf_counter()
     status, error, reason = "ok", None, None
+    env = {report.ENV_VAR: str(side), "MPLBACKEND": INLINE_BACKEND, hw.RUNNER_ENV: "1", "TQDM_DISABLE": "1"}
     try:
-        with _kernel_env({report.ENV_VAR: str(side), "MPLBACKEND": INLINE_BACKEND}):
+        with _kernel_env(env):
             pm.execute_notebook(
-                str(spec.path),
+                str(source or spec.path),
                 str(out / spec.path.name),
                 parameters=params,
                 kernel_name=kernel,
@@ -265,10 +325,28 @@ def execute_one(spec: NotebookSpec, profile: str, out: Path, kernel: str, timeou
     seconds = time.perf_counter() - t0
     try:
         metrics, skipped = report.read_side_file(side)
+        outcomes = report.read_side_exercises(side)
     except (OSError, ValueError) as e:
-        metrics, skipped = {}, [f"metrics file unreadable: {e}"]
+        metrics, skipped, outcomes = {}, [f"metrics file unreadable: {e}"], {}
     side.unlink(missing_ok=True)
-    return NotebookResult(status, seconds, error, reason, metrics, skipped)
+    counts = exercise_counts(len(exercises.exercises_in(spec.path)), outcomes)
+    return NotebookResult(status, seconds, error, reason, metrics, skipped, counts)
+
+
+def _check_solutions(spec: NotebookSpec, folder: Path | None = None) -> None:
+    import nbformat
+
+    from course_lib import exercises
+
+    ids = [e["id"] for e in exercises.exercises_in(nbformat.read(spec.path, as_version=4))]
+    if not ids:
+        return
+    sol = solutions_file(spec, folder)
+    if not sol.exists():
+        raise UsageError(f"--with-solutions: {spec.stem} has exercises but no solutions file {sol}")
+    missing = [i for i in ids if i not in exercises.load_solutions(sol)]
+    if missing:
+        raise UsageError(f"--with-solutions: {sol.name} has no solution for {', '.join(missing)}")
 
 
 def write_reports(out: Path, profile: str, started: str, results: dict[str, NotebookResult]) -> dict:
@@ -300,12 +378,13 @@ def render_markdown(doc: dict, results: dict[str, NotebookResult]) -> str:
         f"- started: {doc['started']}",
         f"- machine: {hw.summary_line()}",
         "",
-        "| notebook | status | seconds | metrics | error / skip reason |",
-        "|---|---|---:|---:|---|",
+        "| notebook | status | seconds | metrics | exercises passed | error / skip reason |",
+        "|---|---|---:|---:|---:|---|",
     ]
     for stem, r in results.items():
         why = (r.error or r.skip_reason or "").replace("|", "\\|")
-        lines.append(f"| {stem} | {icon[r.status]} | {r.seconds:.1f} | {len(r.metrics)} | {why} |")
+        ex = f"{r.exercises.get('passed', 0)} / {r.exercises['total']}" if r.exercises.get("total") else "—"
+        lines.append(f"| {stem} | {icon[r.status]} | {r.seconds:.1f} | {len(r.metrics)} | {ex} | {why} |")
     for stem, r in results.items():
         if not (r.metrics or r.skipped_sections):
             continue
@@ -327,6 +406,8 @@ def run(
     profiles: str | os.PathLike | None = None,
     timeout: int | None = None,
     progress: bool = True,
+    with_solutions: bool = False,
+    solutions: str | os.PathLike | None = None,
 ) -> tuple[int, dict]:
     """Execute notebooks; returns ``(exit_status, report_dict)``. Raises :class:`UsageError` on bad input."""
     nb_dir = Path(notebooks) if notebooks else paths.notebooks_dir()
@@ -341,6 +422,9 @@ def run(
     check_out_dir(out_dir, nb_dir)
     if timeout is not None and timeout <= 0:
         raise UsageError(f"--timeout must be a positive number of seconds, got {timeout}")
+    if with_solutions:  # every solutions file must exist and cover its notebook before anything runs
+        for spec in specs:
+            _check_solutions(spec, Path(solutions) if solutions else None)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -351,7 +435,10 @@ def run(
     bar = tqdm(specs, desc="notebooks", unit="nb", disable=not progress, file=sys.stderr)
     for spec in bar:
         bar.set_postfix_str(spec.stem)
-        results[spec.stem] = execute_one(spec, resolved, out_dir, kernel, timeout)
+        source = _with_solutions(spec, out_dir, Path(solutions) if solutions else None) if with_solutions else None
+        results[spec.stem] = execute_one(spec, resolved, out_dir, kernel, timeout, source)
+        if source is not None and source != spec.path:
+            source.unlink(missing_ok=True)
         r = results[spec.stem]
         bar.write(f"{spec.stem}: {r.status} in {r.seconds:.1f} s" + (f" — {r.error or r.skip_reason}" if r.status != "ok" else ""))
         doc = write_reports(out_dir, resolved, started, results)
@@ -365,28 +452,97 @@ def run(
 # --------------------------------------------------------------------------------------------
 
 
-def clean_notebook(path: Path, check: bool = False) -> bool:
-    """Strip outputs, execution counts and per-run metadata; returns True if the file had any."""
+# The notebook metadata a Jupyter kernel writes on first save: committing it means opening a notebook in
+# JupyterLab does not mark it modified (autosave would otherwise rewrite every source notebook).
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+
+
+def _language_info() -> dict:
+    import platform
+
+    return {
+        "codemirror_mode": {"name": "ipython", "version": 3},
+        "file_extension": ".py",
+        "mimetype": "text/x-python",
+        "name": "python",
+        "nbconvert_exporter": "python",
+        "pygments_lexer": "ipython3",
+        "version": platform.python_version(),
+    }
+
+
+def _normalized(path: Path):
+    """The notebook as committed: no outputs, no per-run metadata, the kernel's own metadata, cell ids."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
-    changed = False
     for cell in nb.cells:
         if cell.cell_type == "code":
-            if cell.get("outputs") or cell.get("execution_count") is not None:
-                changed = True
             cell["outputs"] = []
             cell["execution_count"] = None
         for key in ("execution", "papermill", "collapsed", "scrolled"):
-            if key in cell.get("metadata", {}):
-                cell["metadata"].pop(key)
-                changed = True
-    if "papermill" in nb.metadata:
-        nb.metadata.pop("papermill")
-        changed = True
+            cell.get("metadata", {}).pop(key, None)
+    nb.metadata.pop("papermill", None)
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    info = _language_info()
+    old_version = nb.metadata.get("language_info", {}).get("version")
+    if old_version:  # the Python version differs per machine; keep the committed one when checking
+        info["version"] = old_version
+    nb.metadata["language_info"] = info
+    nb.nbformat, nb.nbformat_minor = 4, max(5, nb.get("nbformat_minor", 5))
+    nbformat.validator.normalize(nb)
+    for cell in nb.cells:  # nbformat 4.5 needs an id per cell; JupyterLab adds any that are missing
+        if not cell.get("id"):
+            import uuid
+
+            cell["id"] = uuid.uuid4().hex[:8]
+    return nb
+
+
+def clean_notebook(path: Path, check: bool = False) -> bool:
+    """Strip outputs and per-run metadata and write the kernel's metadata; True if the file changed.
+
+    With ``check=True`` nothing is written: it reports whether cleaning (or a JupyterLab autosave)
+    would change the file's bytes.
+    """
+    import nbformat
+
+    text = path.read_text(encoding="utf-8")
+    canonical = nbformat.writes(_normalized(path))
+    if not canonical.endswith("\n"):
+        canonical += "\n"
+    changed = canonical != text
     if changed and not check:
-        nbformat.write(nb, path)
+        path.write_text(canonical, encoding="utf-8")
     return changed
+
+
+def output_problems(nb) -> list[str]:
+    """What a reader of an executed notebook should not see: stderr, warnings, tracebacks (one line each)."""
+    import re
+
+    if not hasattr(nb, "cells"):
+        import nbformat
+
+        nb = nbformat.read(str(nb), as_version=4)
+    found = []
+    warning = re.compile(r"\b\w*Warning\b[:(]|^Traceback \(most recent call last\)", re.M)
+    code_index = 0
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        code_index += 1
+        for o in cell.get("outputs", []):
+            kind = o.get("output_type")
+            text = o.get("text", "")
+            text = "".join(text) if isinstance(text, list) else str(text)
+            if kind == "error":
+                found.append(f"cell {i}: error {o.get('ename')}: {o.get('evalue', '')[:80]}")
+            elif kind == "stream" and o.get("name") == "stderr":
+                found.append(f"cell {i}: stderr: {text.strip()[:100]!r}")
+            elif warning.search(text):
+                found.append(f"cell {i}: warning text: {warning.search(text).group(0)!r} in {text.strip()[:100]!r}")
+    return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,11 +574,53 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--profiles", help="profiles file (default: ci/profiles.yaml)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    r.add_argument("--with-solutions", action="store_true",
+                   help="fill every exercise with its solution from solutions/ and record the checks")
+
     c = sub.add_parser("clean", help="strip outputs from the source notebooks")
     c.add_argument("names", nargs="*")
-    c.add_argument("--check", action="store_true", help="only report; exit 1 if any notebook has outputs")
+    c.add_argument("--check", action="store_true",
+                   help="only report; exit 1 if cleaning or a JupyterLab autosave would change a notebook")
     c.add_argument("--notebooks", **common)
+
+    e = sub.add_parser("exercises", help="list every exercise per notebook (id, kind, title); runs nothing")
+    e.add_argument("names", nargs="*", help="notebook stems or prefixes (default: all)")
+    e.add_argument("--notebooks", **common)
+
+    b = sub.add_parser("book", help="build the course book (HTML site) from a finished run")
+    _add_module_arguments("course_lib.book", b)
+
+    g = sub.add_parser("gpu-check", help="run a short version of every GPU path and report")
+    _add_module_arguments("course_lib.gpucheck", g)
     return p
+
+
+def _add_module_arguments(module: str, parser: argparse.ArgumentParser) -> None:
+    """Subcommands implemented in their own module: ``add_arguments(parser)`` and ``command(args) -> int``."""
+    import importlib
+
+    parser.set_defaults(_module=module)
+    try:
+        importlib.import_module(module).add_arguments(parser)
+    except (ImportError, AttributeError):  # not built yet in this checkout: the command says so when called
+        pass
+
+
+def _list_exercises(nb_dir: Path, names: list[str]) -> int:
+    from course_lib import exercises
+
+    if not nb_dir.is_dir():
+        raise UsageError(f"notebooks folder not found: {nb_dir}")
+    specs = select([NotebookSpec(p, p.stem) for p in sorted(nb_dir.glob("*.ipynb"))], names)
+    total = 0
+    for s in specs:
+        found = exercises.exercises_in(s.path)
+        total += len(found)
+        print(f"{s.stem} ({len(found)})")
+        for ex in found:
+            print(f"  {ex['id']:<28} {ex['kind']:<10} {ex['title']}")
+    print(f"total: {total} exercises in {len(specs)} notebooks")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -438,7 +636,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "run":
             status, doc = run(args.names, args.profile, args.out, args.kernel, args.notebooks,
-                              args.profiles, args.timeout, progress=not args.no_progress)
+                              args.profiles, args.timeout, progress=not args.no_progress,
+                              with_solutions=args.with_solutions)
             counts = {k: sum(1 for n in doc["notebooks"].values() if n["status"] == k) for k in ("ok", "failed", "skipped")}
             print(f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped "
                   f"(profile {doc['profile']}) — report: {Path(args.out) / 'report.md'}")
@@ -449,9 +648,19 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"notebooks folder not found: {nb_dir}")
             specs = select([NotebookSpec(p, p.stem) for p in sorted(nb_dir.glob("*.ipynb"))], args.names)
             dirty = [s.path.name for s in specs if clean_notebook(s.path, check=args.check)]
-            verb = "have outputs" if args.check else "cleaned"
+            verb = "need cleaning" if args.check else "cleaned"
             print(f"{len(dirty)} notebook(s) {verb}" + (f": {', '.join(dirty)}" if dirty else ""))
             return 1 if (args.check and dirty) else 0
+        if args.cmd == "exercises":
+            return _list_exercises(Path(args.notebooks) if args.notebooks else paths.notebooks_dir(), args.names)
+        if args.cmd in ("book", "gpu-check"):
+            import importlib
+
+            try:
+                module = importlib.import_module(args._module)
+            except ImportError as e:
+                raise UsageError(f"`course {args.cmd}` is not available: {e}") from None
+            return int(module.command(args) or 0)
     except UsageError as e:
         print(f"course: error: {e}", file=sys.stderr)
         return 2

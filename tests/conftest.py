@@ -18,3 +18,22 @@ def _fresh_report_state(monkeypatch):
     monkeypatch.delenv(report.ENV_VAR, raising=False)
     monkeypatch.setattr(report, "_metrics", {})
     monkeypatch.setattr(report, "_skipped", [])
+    monkeypatch.setattr(report, "_exercises", {})
+
+
+def require_extra(module: str, extra: str):
+    """Import a lesson's optional dependency for a test module.
+
+    Locally a missing package skips the module with the install command as the reason; in CI
+    (``CI=true``) it fails, so a broken install can never turn a whole lesson green.
+    """
+    import importlib
+    import os
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        how = f"pip install -e '.[{extra}]'"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{module} is missing in CI (the '{extra}' extra must be installed: {how}): {e}", pytrace=False)
+        pytest.skip(f"needs {module}: {how}", allow_module_level=True)
