@@ -185,8 +185,6 @@ def check_out_dir(out: Path, notebooks: Path) -> None:
     ``os.access`` is not enough: as root it says yes for ``/proc`` and ``/sys``, where nothing can be
     created. So a scratch folder is really created (and removed) in the nearest existing parent.
     """
-    if not str(out).strip():
-        raise UsageError("--out is empty; name an output folder, e.g. --out build/course")
     out_r, nb_r = out.resolve(), notebooks.resolve()
     if out_r == nb_r:
         raise UsageError(f"--out {out} is the source notebooks folder; choose another folder")
@@ -412,6 +410,8 @@ def run(
     """Execute notebooks; returns ``(exit_status, report_dict)``. Raises :class:`UsageError` on bad input."""
     nb_dir = Path(notebooks) if notebooks else paths.notebooks_dir()
     prof_file = Path(profiles) if profiles else paths.profiles_file()
+    if not str(out).strip():
+        raise UsageError("--out is empty; name an output folder, e.g. --out build/course")
     out_dir = Path(out).absolute()  # the kernel runs in the notebook's folder: pass it absolute paths
     # Every check happens before anything is written.
     resolved = resolve_profile(profile)

@@ -40,7 +40,8 @@ def test_run_keeps_going_and_reports_each_status(fixture_run):
     nbs = rep["notebooks"]
     assert list(nbs) == ["00_pass", "01_fail", "02_skip"]
     for entry in nbs.values():
-        assert set(entry) == {"status", "seconds", "error", "skip_reason", "metrics"}
+        assert set(entry) == {"status", "seconds", "error", "skip_reason", "metrics", "exercises"}
+        assert entry["exercises"] == {"total": 0, "passed": 0, "failed": 0, "not_attempted": 0}
         assert entry["seconds"] > 0
 
     ok, failed, skipped = nbs["00_pass"], nbs["01_fail"], nbs["02_skip"]
@@ -107,7 +108,10 @@ def test_list_shows_titles_extras_and_needs():
 def test_list_of_the_course_itself():
     proc = course("list")
     assert proc.returncode == 0
-    assert "00_environment" in proc.stdout
+    listed = [ln.split()[0] for ln in proc.stdout.splitlines()[1:]]
+    assert listed == sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
+    for path in (ROOT / "notebooks").glob("*.ipynb"):  # each row carries the notebook's own title
+        assert runner.notebook_title(path) in proc.stdout
 
 
 @pytest.mark.parametrize(
@@ -129,12 +133,34 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message
     assert not out.exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere; permissions cannot be tested")
-def test_unwritable_out_dir(tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    proc = course("run", "--out", str(locked / "out"), "--notebooks", str(NB), "--profiles", str(PROFILES))
-    assert proc.returncode == 2 and "not writable" in proc.stderr
+@pytest.mark.parametrize("target", ["/proc/course-out", "/sys/course-out", "/proc/self/course-out"])
+def test_out_dir_in_a_filesystem_that_takes_no_new_files(target):
+    """os.access says yes to root for /proc and /sys; the runner must try, fail and say so in one line."""
+    proc = course("run", "--out", target, "--notebooks", str(NB), "--profiles", str(PROFILES))
+    assert proc.returncode == 2, proc.stderr
+    assert "not writable" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_empty_out_dir_is_rejected(tmp_path):
+    proc = course("run", "--out", "", "--notebooks", str(NB), "--profiles", str(PROFILES), cwd=tmp_path)
+    assert proc.returncode == 2 and "--out is empty" in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written into the current folder
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ("  00_pass: [1, 2]\n", "00_pass must be a mapping"),
+        ("  00_pass:\n    cpu: [1, 2]\n", "00_pass.cpu must be a mapping of parameters"),
+        ("  00_pass:\n    gpu: 3\n", "00_pass.gpu must be a mapping of parameters"),
+    ],
+)
+def test_malformed_profile_entries_are_one_line(tmp_path, entry, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("notebooks:\n" + entry)
+    proc = course("list", "--notebooks", str(NB), "--profiles", str(bad))
+    assert proc.returncode == 2 and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_unwritable_out_dir_even_as_root(tmp_path):
@@ -166,11 +192,27 @@ def test_clean_strips_outputs(tmp_path, fixture_run):
     assert course("clean", "--check", "--notebooks", str(nb_dir)).returncode == 0
 
 
+def test_clean_check_catches_what_a_jupyterlab_autosave_would_change(tmp_path):
+    """The kernel writes full language_info on first save; a notebook without it is not clean."""
+    nb_dir = tmp_path / "nbs"
+    nb_dir.mkdir()
+    path = nb_dir / "00_pass.ipynb"
+    shutil.copy(NB / "00_pass.ipynb", path)
+    assert course("clean", "--notebooks", str(nb_dir)).returncode == 0
+    nb = json.loads(path.read_text())
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    assert nb["metadata"]["language_info"]["pygments_lexer"] == "ipython3"
+    nb["metadata"]["language_info"] = {"name": "python"}  # what the sources had before
+    path.write_text(json.dumps(nb, indent=1))
+    assert course("clean", "--check", "--notebooks", str(nb_dir)).returncode == 1
+
+
 def test_course_notebooks_are_committed_clean_with_a_parameters_cell():
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name} has outputs: run `course clean`"
+        assert not runner.clean_notebook(path, check=True), f"{path.name}: JupyterLab would rewrite it; run `course clean`"
         params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
         assert len(params) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
         assert "profile" in params[0].source, f"{path.name}: the parameters cell must define `profile`"
