@@ -627,3 +627,17 @@ def test_tokens_per_second_is_gone_and_speed_rows_shows_the_spread():
     assert row["tokens/s (median)"] == pytest.approx(4.0)
     assert row["tokens/s p10"] < row["tokens/s (median)"] < row["tokens/s p90"]
     assert row["tokens/s p90"] == pytest.approx(8 / bench.percentile([1.0, 2.0, 4.0], 10))
+
+
+def test_quiet_loading_changes_nothing_global():
+    import logging
+    import warnings
+
+    from course_lib.llm import smollm2
+
+    before = [logging.getLogger(n).level for n in ("torchao", "torch.utils._pytree")]
+    filters = list(warnings.filters)
+    with smollm2._quiet_loading():
+        assert logging.getLogger("torchao").level == logging.ERROR
+    assert [logging.getLogger(n).level for n in ("torchao", "torch.utils._pytree")] == before
+    assert warnings.filters == filters and logging.getLogger().level == logging.getLogger().level

@@ -197,3 +197,22 @@ def speed_rows(results) -> "pd.DataFrame":
                      f"{r.unit}/s p90": r.items / p10,
                      "ms (median)": r.median_ms, "ms p10": p10 * 1e3, "ms p90": p90 * 1e3})
     return pd.DataFrame(rows)
+
+
+def spread_chart(names, median, low, high, xlabel: str, title: str, ax=None):
+    """Horizontal bars of ``median`` with p10–p90 whiskers (``low``..``high``), value axis from zero; returns the Axes."""
+    import matplotlib.pyplot as plt
+
+    names, median, low, high = list(map(str, names)), list(median), list(low), list(high)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.3))
+    err = [[m - lo for m, lo in zip(median, low)], [hi - m for m, hi in zip(median, high)]]
+    ax.barh(names, median, xerr=err, capsize=4, color="C0", ecolor="black")
+    for y, (m, hi) in enumerate(zip(median, high)):
+        ax.annotate(f"{m:,.3g}", (hi, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(left=0, right=max(high) * 1.15)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.figure.tight_layout()
+    return ax
