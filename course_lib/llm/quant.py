@@ -6,9 +6,15 @@ Baichuan-13B ships a ``quantizer.py`` whose ``QLinear`` does, per output row ``i
     q[i, j]  = round(W[i, j] / scale[i])                   # int8 in [-127, 127], int4 in [-8, 7]
     forward(x) = x @ (q * scale).T                         # dequantise, then an ordinary matmul
 
-This module implements exactly that, plus one extension (``group_size``): one scale per group of
+This module implements that scheme, plus one extension (``group_size``): one scale per group of
 ``group_size`` consecutive input columns instead of one per row, which is what GPTQ/AWQ/llama.cpp do
 and what rescues int4 quality.
+
+One deliberate difference from the seed: we compute ``absmax / qmax`` and ``round(W / scale)`` in
+float32 whatever the weight's dtype. Baichuan does both in the weight's own dtype (fp16/bf16 in its
+checkpoints), so for fp16/bf16 weights a few percent of the codes differ from the seed's by one
+step (in float32 the quotient is rounded less before ``round``). For float32 weights the two agree
+exactly. ``tests/test_l3_llm.py`` checks both statements.
 
 Storage
 -------
@@ -29,6 +35,8 @@ unpack tiles inside the GEMM and win because decoding is memory-bound.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,10 +46,57 @@ TARGET_NAMES = ("self_attn.W_pack", "self_attn.o_proj", "mlp.gate_proj", "mlp.up
 _SHIFTS = torch.arange(0, 32, 4, dtype=torch.int64)  # nibble n lives at bit 4n
 
 
+# ----------------------------------------------------------------------------------------------
+# argument checks (the public functions call these, then the small teachable cores below)
+
+
 def _check_bits(bits) -> int:
     if isinstance(bits, bool) or bits not in SUPPORTED_BITS:
         raise ValueError(f"bits must be 4 or 8, got {bits!r}")
     return int(bits)
+
+
+def _check_weight(weight, what: str = "weight") -> torch.Tensor:
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor (out_features, in_features), got {type(weight).__name__}")
+    if weight.dim() != 2:
+        raise ValueError(f"{what} must be a 2-D tensor (out_features, in_features), got shape {tuple(weight.shape)}")
+    if not weight.is_floating_point():
+        raise TypeError(f"{what} must be a float tensor to quantize, got {weight.dtype}")
+    bad = int((~torch.isfinite(weight.detach())).sum())
+    if bad:
+        raise ValueError(f"{what} has {bad} NaN/inf value(s): the scale would be NaN/inf and so would every output; "
+                         "fix the weights before quantizing")
+    return weight
+
+
+def _check_group_size(group_size, in_features: int) -> int | None:
+    if group_size is None:
+        return None
+    if isinstance(group_size, bool):
+        raise TypeError("group_size must be an int or None, got a bool")
+    try:
+        g = operator.index(group_size)  # accepts int and numpy integers, rejects 64.0
+    except TypeError:
+        raise TypeError(f"group_size must be an int or None, got {type(group_size).__name__} {group_size!r}") from None
+    if g <= 0:
+        raise ValueError(f"group_size must be a positive int or None, got {g}")
+    if in_features % g:
+        raise ValueError(f"group_size {g} must divide in_features {in_features} "
+                         f"(e.g. {', '.join(str(d) for d in (32, 64, 128) if in_features % d == 0) or 'a divisor'})")
+    return g
+
+
+def _check_bias(bias, out_features: int) -> torch.Tensor | None:
+    if bias is None:
+        return None
+    if not isinstance(bias, torch.Tensor):
+        raise TypeError(f"bias must be a torch.Tensor of shape ({out_features},) or None, got {type(bias).__name__}")
+    if tuple(bias.shape) != (out_features,):
+        raise ValueError(f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
+    if not bias.is_floating_point():
+        raise TypeError(f"bias must be a float tensor, got {bias.dtype}")
+    return bias
 
 
 def qmax(bits: int) -> int:
@@ -49,91 +104,130 @@ def qmax(bits: int) -> int:
     return 2 ** (_check_bits(bits) - 1) - 1
 
 
-def compute_scale(weight: torch.Tensor, bits: int, group_size: int | None = None) -> torch.Tensor:
-    """float32 scales: absmax / (2**(bits-1)-1) per output row (out,), or per row and group (out, in/group)."""
-    w = weight.detach().to(torch.float32)
-    if group_size is None:
-        amax = w.abs().amax(dim=-1)
-    else:
-        out_f, in_f = w.shape
-        amax = w.view(out_f, in_f // group_size, group_size).abs().amax(dim=-1)
-    # an all-zero row would give scale 0 and 0/0 = nan; any positive scale represents it exactly
+# ----------------------------------------------------------------------------------------------
+# scales and integer weights
+
+
+def _absmax_scale(w: torch.Tensor, bits: int, group_size: int | None) -> torch.Tensor:
+    """The core: max |w| over each row (or each group of consecutive columns) / qmax, in float32."""
+    w = w.detach().to(torch.float32)
+    if group_size is not None:
+        w = w.reshape(w.shape[0], -1, group_size)  # (out, groups, group_size): consecutive input columns
+    amax = w.abs().amax(dim=-1)  # (out,) per row, or (out, groups) per group
+    # an all-zero row/group would give scale 0 and 0/0 = nan; any positive scale represents it exactly
     amax = torch.where(amax == 0, torch.ones_like(amax), amax)
     return amax / qmax(bits)
+
+
+def compute_scale(weight: torch.Tensor, bits: int, group_size: int | None = None) -> torch.Tensor:
+    """float32 scales: absmax / (2**(bits-1)-1) per output row (out,), or per row and group (out, in/group)."""
+    bits = _check_bits(bits)
+    weight = _check_weight(weight)
+    return _absmax_scale(weight, bits, _check_group_size(group_size, weight.shape[1]))
+
+
+def _round_to_grid(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """The core: round(w / scale) with the row's (or group's) scale, clipped to the signed range, as int8."""
+    w, s = w.detach().to(torch.float32), scale.to(torch.float32)
+    out_f, in_f = w.shape
+    if s.dim() == 1:
+        q = torch.round(w / s[:, None])  # one scale per output row
+    else:
+        q = torch.round(w.view(out_f, s.shape[1], -1) / s[:, :, None]).view(out_f, in_f)  # per group
+    return q.clamp_(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1).to(torch.int8)
 
 
 def quantize_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
     """Integer weights (int8 tensor, same shape): round(W / scale), clipped to the bits' range."""
     bits = _check_bits(bits)
-    w = weight.detach().to(torch.float32)
-    out_f, in_f = w.shape
+    weight = _check_weight(weight)
+    out_f, in_f = weight.shape
+    if not isinstance(scale, torch.Tensor) or not scale.is_floating_point():
+        raise TypeError(f"scale must be a float tensor, got {getattr(scale, 'dtype', type(scale).__name__)}")
     if scale.dim() == 1:
-        q = torch.round(w / scale[:, None])
+        ok = scale.shape[0] == out_f
     else:
-        groups = scale.shape[1]
-        q = torch.round(w.view(out_f, groups, in_f // groups) / scale.to(torch.float32)[:, :, None]).view(out_f, in_f)
-    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    return q.clamp_(lo, hi).to(torch.int8)
+        ok = scale.dim() == 2 and scale.shape[0] == out_f and scale.shape[1] > 0 and in_f % scale.shape[1] == 0
+    if not ok:
+        raise ValueError(f"scale must have shape ({out_f},) (per row) or ({out_f}, groups) with groups dividing "
+                         f"{in_f} (per group) for a weight of shape {tuple(weight.shape)}, got {tuple(scale.shape)}")
+    if not (torch.isfinite(scale).all() and (scale > 0).all()):
+        raise ValueError("scale must be positive and finite everywhere (use compute_scale)")
+    return _round_to_grid(weight, scale, bits)
+
+
+# ----------------------------------------------------------------------------------------------
+# int4 packing: 8 nibbles per int32
+
+
+def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """The core of :func:`pack_int4`: (rows, cols) ints in [-8, 7] → int32 (rows, cols // 8)."""
+    rows, cols = q.shape
+    nib = (q.to(torch.int64) & 0xF).view(rows, cols // 8, 8)  # 4-bit two's complement: -1 → 0xF
+    words = (nib << _SHIFTS.to(q.device)).sum(dim=-1)  # column 8c+n → bits 4n..4n+3 of word c
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)  # the same 32 bits, signed
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
     """Pack int values in [-8, 7] of shape (rows, cols), cols % 8 == 0, into int32 (rows, cols // 8)."""
+    if not isinstance(q, torch.Tensor):
+        raise TypeError(f"pack_int4 expects a torch.Tensor, got {type(q).__name__}")
     if q.dim() != 2:
         raise ValueError(f"pack_int4 expects a 2-D tensor, got shape {tuple(q.shape)}")
-    rows, cols = q.shape
-    if cols % 8:
-        raise ValueError(f"int4 packing needs the number of columns to be a multiple of 8, got {cols}")
-    if q.is_floating_point():
-        raise TypeError("pack_int4 expects integer values (quantize first)")
+    if q.shape[1] % 8:
+        raise ValueError(f"int4 packing needs the number of columns to be a multiple of 8, got {q.shape[1]}")
+    if q.is_floating_point() or q.dtype == torch.bool:
+        raise TypeError(f"pack_int4 expects integer values (quantize first), got {q.dtype}")
     if q.numel() and (int(q.min()) < -8 or int(q.max()) > 7):
         raise ValueError("int4 values must lie in [-8, 7]")
-    nib = (q.to(torch.int64) & 0xF).view(rows, cols // 8, 8)       # two's complement nibble
-    words = (nib << _SHIFTS.to(q.device)).sum(dim=-1)               # 0 .. 2**32-1, no overlaps
-    words = torch.where(words >= 2**31, words - 2**32, words)        # reinterpret as signed int32
-    return words.to(torch.int32)
+    return _pack_nibbles(q)
+
+
+def _unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """The core of :func:`unpack_int4`: two shifts per value, all in int32."""
+    left = (28 - _SHIFTS).to(torch.int32).to(packed.device)  # move nibble n to the top 4 bits ...
+    return ((packed[:, :, None] << left) >> 28).flatten(1)  # ... an arithmetic >> 28 sign-extends it
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     """Exact inverse of :func:`pack_int4`: int32 (rows, cols // 8) → int32 (rows, cols) in [-8, 7]."""
-    if packed.dtype != torch.int32:
-        raise TypeError(f"unpack_int4 expects int32 words, got {packed.dtype}")
-    rows, words = packed.shape
-    # move nibble n to the top 4 bits (shift left by 28 - 4n), then an arithmetic shift right by 28
-    # brings it back down sign-extended: two ops per value, all in int32
-    left = (28 - _SHIFTS).to(torch.int32).to(packed.device)
-    return ((packed[:, :, None] << left) >> 28).view(rows, words * 8)
+    if not isinstance(packed, torch.Tensor) or packed.dtype != torch.int32:
+        raise TypeError(f"unpack_int4 expects int32 words, got {getattr(packed, 'dtype', type(packed).__name__)}")
+    if packed.dim() != 2:
+        raise ValueError(f"unpack_int4 expects a 2-D tensor of words, got shape {tuple(packed.shape)}")
+    return _unpack_nibbles(packed)
+
+
+# ----------------------------------------------------------------------------------------------
+# the layer
 
 
 class QLinear(nn.Module):
-    """A Linear whose weight is stored as int8 or packed int4 with float32 scales; dequantises in forward (notebook 03)."""
+    """A Linear whose weight is stored as int8 or packed int4 with scales; dequantises in forward (notebook 03).
+
+    Scales are computed in float32 for any weight dtype (Baichuan computes them in the weight's dtype;
+    see the module docstring for what that changes).
+    """
 
     def __init__(self, bits: int, weight: torch.Tensor, bias: torch.Tensor | None = None,
                  group_size: int | None = None, scale_dtype: torch.dtype | None = None):
         super().__init__()
         bits = _check_bits(bits)
-        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-            raise ValueError("weight must be a 2-D tensor (out_features, in_features)")
-        if not weight.is_floating_point():
-            raise TypeError(f"weight must be a float tensor to quantize, got {weight.dtype}")
+        weight = _check_weight(weight)
         out_f, in_f = weight.shape
         if bits == 4 and in_f % 8:
             raise ValueError(f"int4 packs 8 values per int32: in_features must be a multiple of 8, got {in_f}")
-        if group_size is not None:
-            if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
-                raise ValueError(f"group_size must be a positive int or None, got {group_size!r}")
-            if in_f % group_size:
-                raise ValueError(f"group_size {group_size} must divide in_features {in_f}")
-        if bias is not None and bias.shape != (out_f,):
-            raise ValueError(f"bias must have shape ({out_f},), got {tuple(bias.shape)}")
+        group_size = _check_group_size(group_size, in_f)
+        bias = _check_bias(bias, out_f)
         self.bits, self.group_size = bits, group_size
         self.in_features, self.out_features = in_f, out_f
         # the seed keeps float32 per-row scales; grouped scales are many more, so fp16 like GPTQ/llama.cpp
         if scale_dtype is None:
             scale_dtype = torch.float32 if group_size is None else torch.float16
-        scale = compute_scale(weight, bits, group_size).to(scale_dtype)
-        q = quantize_weight(weight, scale, bits)  # against the scale actually stored
+        scale = _absmax_scale(weight, bits, group_size).to(scale_dtype)
+        q = _round_to_grid(weight, scale, bits)  # against the scale actually stored
         self.register_buffer("scale", scale)
-        self.register_buffer("weight", q if bits == 8 else pack_int4(q))
+        self.register_buffer("weight", q if bits == 8 else _pack_nibbles(q))
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     @classmethod
@@ -145,24 +239,24 @@ class QLinear(nn.Module):
 
     def int_weight(self) -> torch.Tensor:
         """The integer weights (out, in): int8 for int8, int32 values in [-8, 7] for int4."""
-        return self.weight if self.bits == 8 else unpack_int4(self.weight)
+        return self.weight if self.bits == 8 else _unpack_nibbles(self.weight)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight (out, in) that forward multiplies by: q * scale."""
-        q = self.int_weight()
+        q, s = self.int_weight().to(torch.float32), self.scale.to(torch.float32)
         if self.group_size is None:
-            w = q.to(torch.float32) * self.scale.to(torch.float32)[:, None]
+            w = q * s[:, None]  # one scale per output row
         else:
-            g = self.in_features // self.group_size
-            w = (q.to(torch.float32).view(self.out_features, g, self.group_size)
-                 * self.scale.to(torch.float32)[:, :, None]).view(self.out_features, self.in_features)
+            w = (q.view(self.out_features, -1, self.group_size) * s[:, :, None]).view_as(q)  # one per group
         return w.to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"QLinear input must be a float tensor, got {getattr(x, 'dtype', type(x).__name__)}")
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"input has {x.shape[-1]} features, layer expects {self.in_features}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            got = "a 0-d tensor" if x.dim() == 0 else f"{x.shape[-1]} features"
+            raise ValueError(f"QLinear input must have shape (..., {self.in_features}), got {got}")
+        # the seed's design: rebuild the float weight every call, then an ordinary matmul
         return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def nbytes(self) -> int:
@@ -175,29 +269,48 @@ class QLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}{g}"
 
 
+# ----------------------------------------------------------------------------------------------
+# the whole model
+
+
 def _target_modules(model) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, attribute, module) of every quantizable linear; a clear TypeError for another layout."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(model, nn.Module) or layers is None:
+        raise TypeError(f"expected a BaichuanForCausalLM (with model.layers), got {type(model).__name__}; "
+                        "convert a LLaMA-family model first with course_lib.llm.convert.from_llama")
     out = []
-    for i, layer in enumerate(model.model.layers):
+    for i, layer in enumerate(layers):
         for path in TARGET_NAMES:
             parent_name, attr = path.split(".")
-            parent = getattr(layer, parent_name)
+            parent = getattr(layer, parent_name, None)
+            if parent is None or not hasattr(parent, attr):
+                raise TypeError(f"layer {i} has no {path}: not the Baichuan layout (convert with "
+                                "course_lib.llm.convert.from_llama)")
             out.append((parent, attr, getattr(parent, attr)))
     return out
+
+
+def _check_quantizable(targets, group_size) -> None:
+    for parent, attr, lin in targets:
+        if not isinstance(lin, nn.Linear):
+            raise RuntimeError(f"{attr} is {type(lin).__name__}, expected nn.Linear")
+        _check_group_size(group_size, lin.in_features)  # checked for every layer before any is replaced
 
 
 @torch.no_grad()
 def quantize_model(model, bits: int, group_size: int | None = None):
     """Replace W_pack, o_proj, gate/up/down_proj in every layer by QLinear; returns the model (notebook 03)."""
     bits = _check_bits(bits)
+    targets = _target_modules(model)
     if getattr(model, "quantized_bits", None):
         raise RuntimeError(
             f"model is already quantized (int{model.quantized_bits}); quantizing twice would compound the "
             "error. Load a fresh float model and call quantize() once."
         )
-    for parent, attr, lin in _target_modules(model):
-        if not isinstance(lin, nn.Linear):
-            raise RuntimeError(f"{attr} is {type(lin).__name__}, expected nn.Linear")
-        setattr(parent, attr, QLinear.from_linear(lin, bits, group_size=group_size))
+    _check_quantizable(targets, group_size)
+    for parent, attr, linear in targets:  # five linears per decoder layer; embeddings, lm_head, norms stay float
+        setattr(parent, attr, QLinear.from_linear(linear, bits, group_size=group_size))
     model.quantized_bits = bits
     model.quantized_group_size = group_size
     return model

