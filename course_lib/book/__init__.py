@@ -330,7 +330,12 @@ def build(run_dir: str | Path, out: str | Path, notebooks: str | Path | None = N
             "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         shutil.copyfile(STATIC / "book.css", tmp / "book.css")
-        reference = api_mod.build_api(tmp, run.lessons, env, ctx) if api else api_mod.ApiReference.empty()
+        if api:
+            reference = api_mod.build_api(tmp, run.lessons, env, ctx)
+        else:
+            reference = api_mod.ApiReference.empty()
+            (tmp / "api.html").write_text(env.get_template("api.html.j2").render(**ctx, modules={}, skipped={},
+                                          note="This book was built with --no-api."), encoding="utf-8")
         lessons_mod.build_lessons(tmp, run, env, ctx, reference)
         results_mod.build_results(tmp, run, env, ctx)
         (tmp / "index.html").write_text(env.get_template("index.html.j2").render(**ctx), encoding="utf-8")
