@@ -31,8 +31,9 @@ CHARTS = [
     ChartSpec("Lesson 3 — decoding speed", r"^l3\.tokens_per_s_(?P<label>.+)$"),
     ChartSpec("Lesson 4 — GFLOP/s ladder (512³ matmul)", r"^l4\.(?:gflops_(?P<label>.+)|(?P<label2>peak)_gflops_estimate)$",
               horizontal=True, sort=True),
-    ChartSpec("Lesson 5 — mAP per calibration method", r"^l5\.map_(?P<label>.+)$", horizontal=True),
-    ChartSpec("Lesson 5 — int8 speed-up", r"^l5\.(?P<label>.*speedup.*)$", horizontal=True),
+    ChartSpec("Lesson 5 — mAP per calibration method and model variant", r"^l5\.map_(?P<label>.+)$", horizontal=True),
+    ChartSpec("Lesson 5 — int8 speed-up per batch size (1 = no change)", r"^l5\.(?P<label>.+?)_speedup_(?P<series>bs\d+)$",
+              horizontal=True),
 ]
 
 
@@ -42,6 +43,7 @@ class Chart:
     subtitle: str
     png_base64: str
     alt: str
+    metrics: list[str]  # the report.json names it shows
 
 
 def _group(spec: ChartSpec, metrics: dict) -> list[tuple[str, str, float, str]]:
@@ -52,7 +54,7 @@ def _group(spec: ChartSpec, metrics: dict) -> list[tuple[str, str, float, str]]:
         if not match:
             continue
         gd = match.groupdict()
-        label = gd.get("label") or gd.get("label2") or name
+        label = gd.get("label") or (f"{gd['label2']} (estimate)" if gd.get("label2") else name)
         rows.append((label, gd.get("series") or "", float(m.get("value", 0.0)), str(m.get("unit", ""))))
     return rows
 
@@ -119,19 +121,21 @@ def charts(run) -> list[Chart]:
         rows = _group(spec, all_metrics)
         if len(rows) < 2:
             continue
-        plotted.update(n for n in all_metrics if re.match(spec.pattern, n))
+        names = [n for n in all_metrics if re.match(spec.pattern, n)]
+        plotted.update(names)
         alt = f"{spec.title}: " + ", ".join(f"{lab} {s} {format_value(v)} {u}".replace("  ", " ") for lab, s, v, u in rows)
-        out.append(Chart(spec.title, subtitle, _draw(spec.title, rows, spec.horizontal, spec.sort, subtitle), alt))
+        out.append(Chart(spec.title, subtitle, _draw(spec.title, rows, spec.horizontal, spec.sort, subtitle), alt, names))
     for lesson in run.lessons:  # anything else worth a look: 3+ metrics of one lesson with one unit
         by_unit: dict[str, list] = {}
         for name, m in lesson.metrics.items():
             if name not in plotted and m.get("unit"):
-                by_unit.setdefault(m["unit"], []).append((name.split(".", 1)[-1], "", float(m["value"]), m["unit"]))
-        for unit, rows in by_unit.items():
-            if len(rows) >= 3:
+                by_unit.setdefault(m["unit"], []).append(name)
+        for unit, names in by_unit.items():
+            if len(names) >= 3:
+                rows = [(n.split(".", 1)[-1], "", float(lesson.metrics[n]["value"]), unit) for n in names]
                 title = f"{lesson.title} — {unit}"
                 alt = f"{title}: " + ", ".join(f"{lab} {format_value(v)}" for lab, _, v, _ in rows)
-                out.append(Chart(title, subtitle, _draw(title, rows, True, False, subtitle), alt))
+                out.append(Chart(title, subtitle, _draw(title, rows, True, False, subtitle), alt, names))
     return out
 
 
