@@ -214,6 +214,20 @@ def test_charts_from_whichever_metrics_exist():
     assert "peak (estimate) 200 GFLOP/s" in charts[2].alt and "l4.relax_max_abs_diff" not in charts[2].metrics
 
 
+def test_exercise_hints_stay_folded(tmp_path):
+    """A Markdown cell `<details><summary>Hint</summary> ... </details>` keeps the hint inside <details>."""
+    import nbformat
+    from types import SimpleNamespace as NS
+
+    from course_lib.book import lessons
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
+        "<details><summary>Hint</summary>\n\nMultiply by **two**.\n</details>")])
+    body, _ = lessons.render_cells(NS(notebook=nb, stem="hint"))
+    details = BeautifulSoup(body, "html.parser").select_one("details")
+    assert "Multiply by" in details.get_text()
+
+
 # --------------------------------------------------------------------------------------------
 # Bad input: one line, exit 2, nothing written
 # --------------------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ def exporter():
         extra_template_basedirs=[str(NBCONVERT_TEMPLATES)],
         exclude_input_prompt=True,
         exclude_output_prompt=True,
-        embed_images=True,  # Markdown images referenced by path end up in the page too
+        # not embed_images: it re-parses every HTML block of the Markdown on its own, which closes the
+        # exercises' `<details><summary>Hint</summary>` before the hint text (shown, not folded away)
     )
 
 
