@@ -1,5 +1,6 @@
 # The course's two commands (see README):
-#   make course   set up .venv and execute every notebook with papermill into build/course
+#   make course   set up .venv, execute every notebook with papermill into build/course, and build the
+#                 course book from that run (its index.html path is the last line printed)
 #   make test     set up .venv and run the test suite (what .ci/run calls)
 # Other targets: make setup, make lab (JupyterLab on notebooks/), make clean-notebooks.
 
@@ -25,8 +26,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name course --display-name "Python (course)" >/dev/null
 	touch $(STAMP)
 
+# A failed notebook still gets its page in the book (with the error at the top); make then reports the
+# run's failure (exit status 1) after `course book` printed the book's path as its last line.
 course: setup
-	$(BIN)/course run --profile $(PROFILE) --out $(OUT)
+	@status=0; $(BIN)/course run --profile $(PROFILE) --out $(OUT) || status=$$?; \
+	if [ $$status -gt 1 ]; then exit $$status; fi; \
+	$(BIN)/course book $(OUT) --out $(OUT)/book || exit $$?; \
+	exit $$status
 
 test: setup
 	$(BIN)/python -m pytest
