@@ -14,8 +14,8 @@ Each step calls the lessons' own code (``course_lib.deploy``, ``parallel``, ``ll
 ``ptq``, ``detection``) with tiny sizes. A step is *skipped* with its reason when it cannot run here:
 no CUDA GPU, a package that cannot be brought to the GPU machine (DeepSpeed, TVM, TensorRT), or a part
 that needs more GPUs than there are (said in the step's notes). The command keeps going after a failed
-step, records the error's last line (the full traceback goes to ``tracebacks.txt``) and exits 1 if any
-step failed, 0 otherwise (2 for bad input).
+step, records the error's last line (the full traceback goes to ``OUT/tracebacks.txt``) and exits 1 if any
+step failed, 0 otherwise (2 for bad input). Scratch files go to ``OUT/work`` and are removed at the end.
 
 It imports only what a step needs, when the step runs, and works with whichever torch the machine has
 (nothing here requires the course's pinned ``torch==2.13.0``). ``--device cpu`` runs the same code paths
@@ -47,7 +47,7 @@ class Context:
     """What a step gets: the device to use, a scratch folder, and where to put metrics and notes."""
 
     device: str  # "cuda" (a real check) or "cpu" (rehearsal)
-    work: Path
+    work: Path  # scratch folder (removed after the run)
     gpus: int
     metrics: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -500,7 +500,7 @@ def run_step(step: Step, ctx: Context) -> tuple[NotebookResult, str]:
     except Exception as e:  # noqa: BLE001 - a failing step is reported, the next one runs
         status, error, reason = "failed", _error_line(e), None
         summary = error
-        with open(ctx.work / "tracebacks.txt", "a", encoding="utf-8") as f:
+        with open(ctx.work.parent / "tracebacks.txt", "a", encoding="utf-8") as f:
             f.write(f"===== {step.name}\n{traceback.format_exc()}\n")
     notes = ([summary] if status == "ok" and summary else []) + list(ctx.notes)
     res = NotebookResult(status, time.perf_counter() - t0, error, reason, dict(ctx.metrics), notes)
@@ -562,9 +562,9 @@ def run(names: list[str], out: str | os.PathLike, device: str = "auto", dry_run:
     out_dir = Path(out).absolute()
     check_out_dir(out_dir, paths.notebooks_dir())
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = out_dir / "work"
+    work = out_dir / "work"  # traced models, torchrun plans, ONNX files: removed at the end
     work.mkdir(exist_ok=True)
-    (work / "tracebacks.txt").unlink(missing_ok=True)
+    (out_dir / "tracebacks.txt").unlink(missing_ok=True)
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     use = "cuda" if (device == "cuda" or (device == "auto" and gpus > 0)) else ("cpu" if device == "cpu" else None)
     results: dict[str, NotebookResult] = {}
@@ -586,6 +586,9 @@ def run(names: list[str], out: str | os.PathLike, device: str = "auto", dry_run:
             results[s.name], summary = run_step(s, ctx)
         r = results[s.name]
         echo(f"[{r.status:>7}] {s.name} ({r.seconds:.1f} s): {summary}")
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
     profile = "gpu-check" if use != "cpu" else "gpu-check rehearsal (cpu)"
     doc = write_reports(out_dir, profile, started, results)
     _atomic_write(out_dir / "report.md", render_markdown(out_dir / "report.md", steps, results))

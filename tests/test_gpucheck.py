@@ -83,7 +83,8 @@ def test_a_failing_step_is_reported_and_the_next_one_still_runs(tmp_path, monkey
     assert nb["t.boom"]["status"] == "failed" and nb["t.boom"]["error"] == "RuntimeError: the last line says why"
     assert nb["t.fine"]["status"] == "ok" and nb["t.fine"]["metrics"] == {"x.value": {"value": 3.0, "unit": "things"}}
     assert nb["t.skip"] == {**nb["t.skip"], "status": "skipped", "skip_reason": "needs 2 GPUs (found 1)"}
-    assert "the last line says why" in (tmp_path / "work" / "tracebacks.txt").read_text(encoding="utf-8")
+    assert not (tmp_path / "work").exists()
+    assert "the last line says why" in (tmp_path / "tracebacks.txt").read_text(encoding="utf-8")
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "all good" in md and "a note" in md
 
