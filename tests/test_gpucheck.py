@@ -1,6 +1,7 @@
 """``course gpu-check``: the step list, the report schema, and what holds on a CPU or a GPU machine."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -105,7 +106,8 @@ def test_importing_the_course_needs_no_particular_torch():
     """The GPU box brings its own torch: importing course_lib (and gpu-check) must not import torch at all."""
     code = ("import sys, course_lib, course_lib.gpucheck, course_lib.runner, course_lib.hw, course_lib.bench; "
             "assert 'torch' not in sys.modules, 'torch imported at import time'")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": ""})
+    path = os.pathsep.join([str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": path})
     pinned = []
     for f in (REPO / "course_lib").rglob("*.py"):
         for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
