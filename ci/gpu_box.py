@@ -53,7 +53,7 @@ def install(wheels: list[Path]) -> None:
     for w in wheels:
         with zipfile.ZipFile(w) as z:
             z.extractall(SITE)
-        print(f"gpu_box: installed {w.name} into {SITE.relative_to(ROOT)}")
+        print(f"gpu_box: installed {w.name} into {SITE}")
 
 
 def environment() -> dict:

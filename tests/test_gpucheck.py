@@ -120,3 +120,28 @@ def test_importing_the_course_needs_no_particular_torch():
 def test_the_gpu_box_wheel_list_holds_what_course_lib_imports(name):
     listed = [ln.split("#")[0].strip() for ln in (REPO / "ci" / "gpu-box-wheels.txt").read_text().splitlines()]
     assert name in listed
+
+
+def test_gpu_box_installs_only_the_carried_wheels_the_box_lacks(tmp_path, monkeypatch):
+    """ci/gpu_box.py (standard library only) unpacks a missing wheel into .whl/site and leaves installed ones."""
+    import zipfile
+
+    sys.path.insert(0, str(REPO / "ci"))
+    try:
+        import gpu_box
+    finally:
+        sys.path.pop(0)
+    wheels, site = tmp_path / ".whl", tmp_path / ".whl" / "site"
+    wheels.mkdir()
+    monkeypatch.setattr(gpu_box, "SITE", site)
+    for dist, mod in (("pytest", "pytest_fake"), ("surely_not_installed_pkg", "surely_not_installed_pkg")):
+        with zipfile.ZipFile(wheels / f"{dist}-1.0-py3-none-any.whl", "w") as z:
+            z.writestr(f"{mod}/__init__.py", "VALUE = 42\n")
+            z.writestr(f"{dist}-1.0.dist-info/METADATA", f"Name: {dist}\nVersion: 1.0\n")
+    missing = gpu_box.missing_wheels(wheels)
+    assert [w.name for w in missing] == ["surely_not_installed_pkg-1.0-py3-none-any.whl"]  # pytest is installed
+    gpu_box.install(missing)
+    assert (site / "surely_not_installed_pkg" / "__init__.py").read_text() == "VALUE = 42\n"
+    assert gpu_box.missing_wheels(wheels) == []  # already unpacked: not again
+    env = gpu_box.environment()
+    assert env["PYTHONPATH"].split(os.pathsep)[:2] == [str(REPO), str(site)]
