@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -145,3 +146,17 @@ def test_gpu_box_installs_only_the_carried_wheels_the_box_lacks(tmp_path, monkey
     assert gpu_box.missing_wheels(wheels) == []  # already unpacked: not again
     env = gpu_box.environment()
     assert env["PYTHONPATH"].split(os.pathsep)[:2] == [str(REPO), str(site)]
+
+
+def test_steps_past_the_time_budget_are_skipped_with_the_reason(tmp_path, monkeypatch):
+    def slow(ctx):
+        time.sleep(0.2)
+        return "done"
+
+    monkeypatch.setattr(gpucheck, "STEPS", [gpucheck.Step("t.a", "slow", slow), gpucheck.Step("t.b", "slow", slow)])
+    status, doc = gpucheck.run([], tmp_path, device="cpu", echo=lambda s: None, budget_s=0.1)
+    assert status == 0
+    assert doc["notebooks"]["t.a"]["status"] == "ok"
+    assert doc["notebooks"]["t.b"]["status"] == "skipped"
+    assert doc["notebooks"]["t.b"]["skip_reason"].startswith("time budget of 0 s spent")
+    assert runner.main(["gpu-check", "--budget", "0", "--out", str(tmp_path / "x")]) == 2
