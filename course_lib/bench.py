@@ -96,6 +96,33 @@ def _is_cuda(device: str | None) -> bool:
     return bool(device) and str(device).startswith("cuda")
 
 
+def time_calls(fn: Callable[[], object], repeat: int, *, cuda: bool = False,
+               clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Seconds taken by each of ``repeat`` calls of ``fn``: CUDA events on a GPU, ``clock`` on the CPU (00).
+
+    A CUDA kernel launch returns before the GPU has finished, so a wall clock around ``fn()`` would time
+    the launch. Events recorded on the stream before and after the call measure the GPU's own time.
+    """
+    times: list[float] = []
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()  # nothing queued from before is charged to the first call
+        for _ in range(repeat):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()  # wait until the GPU reaches the end event
+            times.append(start.elapsed_time(end) / 1e3)  # ms -> s
+    else:
+        for _ in range(repeat):
+            t0 = clock()
+            fn()
+            times.append(clock() - t0)
+    return times
+
+
 def benchmark(
     fn: Callable[[], object],
     *,
@@ -125,25 +152,9 @@ def benchmark(
 
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r} requested but CUDA is not available")
-    for _ in range(warmup):
+    for _ in range(warmup):  # untimed: allocation, lazy initialisation, JIT, caches
         fn()
-    times: list[float] = []
-    if cuda:
-        import torch
-
-        torch.cuda.synchronize()
-        for _ in range(repeat):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)  # ms -> s
-    else:
-        for _ in range(repeat):
-            t0 = clock()
-            fn()
-            times.append(clock() - t0)
+    times = time_calls(fn, repeat, cuda=cuda, clock=clock)
     return BenchResult(
         name=name or getattr(fn, "__name__", "fn"),
         times_s=times,

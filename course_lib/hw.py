@@ -314,7 +314,8 @@ class UtilizationSampler:
 # Versions and hardware report
 # --------------------------------------------------------------------------------------------
 
-# (display name, distribution name, pinned version or None)
+# (display name, distribution name, pinned version or None) — the packages notebook 00 lists; the pin is
+# only the fallback when there is no lock file (an installed package without the repository).
 PACKAGES: list[tuple[str, str, str | None]] = [
     ("torch", "torch", "2.13.0"),
     ("numpy", "numpy", None),
@@ -324,6 +325,7 @@ PACKAGES: list[tuple[str, str, str | None]] = [
     ("nvidia-pytriton", "nvidia-pytriton", "0.7.0"),
     ("deepspeed", "deepspeed", None),
     ("gguf", "gguf", None),
+    ("llama-cpp-python", "llama-cpp-python", "0.3.36"),
     ("tvm", "apache-tvm", "0.27.0.post1"),
     ("tvm-ffi", "apache-tvm-ffi", "0.1.14.post1"),
     ("xgboost", "xgboost-cpu", None),
@@ -335,6 +337,15 @@ PACKAGES: list[tuple[str, str, str | None]] = [
     ("papermill", "papermill", None),
 ]
 
+# The command that installs exactly the locked versions (README, "Quick start"; run in the repository).
+FIX_COMMAND = "pip install -c ci/constraints.txt -e '.[all,dev]'"
+
+
+def _norm(name: str) -> str:
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
+
 
 def _dist_version(dist: str) -> str | None:
     try:
@@ -343,22 +354,66 @@ def _dist_version(dist: str) -> str | None:
         return None
 
 
-def versions() -> list[dict]:
-    """Installed version of each package the course uses; missing ones say ``"not installed"``.
+def lock_file():
+    """The course's lock, ``ci/constraints.txt`` in the repository (it may be absent for an installed package)."""
+    from course_lib import paths
 
-    Reads package metadata only (nothing is imported), so it never raises ImportError. Rows
-    carry the course's pin and whether the installed version matches it.
+    return paths.repo_root() / "ci" / "constraints.txt"
+
+
+def locked_versions(path=None) -> dict[str, str]:
+    """``{normalised distribution name: version}`` from the lock file; ``{}`` when there is none."""
+    from pathlib import Path
+
+    f = Path(path) if path else lock_file()
+    out: dict[str, str] = {}
+    if not f.is_file():
+        return out
+    for line in f.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line and not line.startswith("-"):
+            name, ver = line.split("==", 1)
+            out[_norm(name.split("[")[0].strip())] = ver.split(";")[0].strip()
+    return out
+
+
+def _same_version(installed: str, locked: str) -> bool:
+    """Installed matches locked, ignoring a local label (``2.13.0+cpu`` is the lock's ``2.13.0``)."""
+    return installed.split("+")[0] == locked.split("+")[0]
+
+
+def versions(lock: dict[str, str] | None = None) -> list[dict]:
+    """Installed vs locked version of each package the course lists; ``ok``/``mark`` flag any difference.
+
+    Reads package metadata only (nothing is imported), so it never raises ImportError. ``locked`` comes
+    from ``ci/constraints.txt`` (the versions CI proved); without a lock file the course's exact pins
+    are used. A package in neither (e.g. DeepSpeed, optional) is shown without a mark.
     """
-    rows = [{"package": "python", "version": platform.python_version(), "pinned": "", "ok": True}]
+    lock = locked_versions() if lock is None else lock
+    rows = [{"package": "python", "version": platform.python_version(), "locked": "", "ok": True, "mark": ""}]
     for name, dist, pin in PACKAGES:
         v = _dist_version(dist)
         if v is None and dist == "xgboost-cpu":
             v = _dist_version("xgboost")
-        ver = v or "not installed"
-        base = (v or "").split("+")[0]
-        ok = v is not None and (pin is None or base == pin)
-        rows.append({"package": name, "version": ver, "pinned": pin or "", "ok": ok})
+        want = lock.get(_norm(dist)) or (pin if not lock else None)
+        if want:
+            ok = v is not None and _same_version(v, want)
+            mark = "✓" if ok else "✗"
+        else:
+            ok, mark = True, ""
+        rows.append({"package": name, "version": v or "not installed", "locked": want or "", "ok": ok, "mark": mark})
     return rows
+
+
+def drift(lock: dict[str, str] | None = None) -> list[dict]:
+    """Every locked package whose installed version differs from the lock (or is missing): ``[]`` = no drift."""
+    lock = locked_versions() if lock is None else lock
+    out = []
+    for name, want in sorted(lock.items()):
+        v = _dist_version(name)
+        if v is None or not _same_version(v, want):
+            out.append({"package": name, "version": v or "not installed", "locked": want, "mark": "✗"})
+    return out
 
 
 def _cpu_model() -> str:

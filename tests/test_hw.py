@@ -1,30 +1,48 @@
 import time
 
 import pytest
+import torch
 
 from course_lib import hw, report
 
 
-def test_device_is_cpu_without_gpu():
-    assert hw.gpu_count() == 0
-    assert hw.device() == "cpu"
-    assert hw.device("cpu") == "cpu"
+# Facts of this machine, from torch itself: every test below holds on a CPU machine and on a GPU machine.
+GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
+TOO_MANY = GPUS + 1  # a GPU count this machine never has
+
+
+def test_device_follows_the_gpus_torch_sees():
+    assert hw.gpu_count() == GPUS
+    if GPUS:
+        assert hw.device() == "cuda"  # cuda first whenever there is a GPU
+    else:
+        assert hw.device() in ("cpu", "mps")
+    assert hw.device("cpu") == "cpu"  # the CPU is always available
+    if GPUS:
+        assert hw.device("cuda:0") == "cuda:0"
+    else:
+        with pytest.raises(ValueError, match="not available"):
+            hw.device("cuda:0")
     with pytest.raises(ValueError, match="not available"):
-        hw.device("cuda:0")
+        hw.device("xla:0")
 
 
 def test_require_gpus_raises_skip_with_a_sentence():
     with pytest.raises(hw.SkipLesson) as e:
-        hw.require_gpus(4, "the CUDA-stream sweep")
-    assert str(e.value) == "skipped: the CUDA-stream sweep needs 4 GPUs (found 0)"
-    assert hw.require_gpus(0) == 0
+        hw.require_gpus(TOO_MANY, "the CUDA-stream sweep")
+    n = "GPU" if TOO_MANY == 1 else "GPUs"
+    assert str(e.value) == f"skipped: the CUDA-stream sweep needs {TOO_MANY} {n} (found {GPUS})"
+    assert hw.require_gpus(0) == GPUS
+    assert hw.require_gpus(GPUS) == GPUS
 
 
 def test_have_gpus_shows_and_remembers_the_skip(capsys):
-    assert hw.have_gpus(1, "TensorRT engines") is False
-    out = capsys.readouterr().out
-    assert "skipped: TensorRT engines needs 1 GPU (found 0)" in out
-    assert report._skipped == ["skipped: TensorRT engines needs 1 GPU (found 0)"]
+    assert hw.have_gpus(TOO_MANY, "TensorRT engines") is False
+    n = "GPU" if TOO_MANY == 1 else "GPUs"
+    sentence = f"skipped: TensorRT engines needs {TOO_MANY} {n} (found {GPUS})"
+    assert sentence in capsys.readouterr().out
+    assert report._skipped == [sentence]
+    assert hw.have_gpus(GPUS, "nothing") is True
 
 
 def _burn(seconds):
@@ -39,10 +57,12 @@ def _burn(seconds):
 
 
 def test_sampler_on_cpu_returns_sane_values():
-    with hw.UtilizationSampler(interval=0.05) as s:
+    """The psutil backend (what a machine without an NVIDIA driver uses), forced here on any machine."""
+    s = hw.UtilizationSampler(interval=0.05)
+    s._handles = []  # as if NVML found no GPU
+    with s:
         _burn(1.0)
     stats = s.summary()
-    assert s.backend == "psutil"
     assert set(stats) == {"cpu:system", "cpu:process"}
     proc = stats["cpu:process"]
     assert proc.samples >= 4  # 1 s at 0.05 s: about 20 on an idle machine; a loaded one may lose some
@@ -66,15 +86,31 @@ def test_sampler_short_window_still_reports_and_rejects_bad_interval():
         s.start()
 
 
+def test_sampler_backend_matches_the_machine():
+    with hw.UtilizationSampler(interval=0.05) as s:
+        time.sleep(0.2)
+    stats = s.summary()
+    if hw._nvml() is not None and s._handles:
+        assert s.backend == "pynvml" and all(k.startswith("cuda:") for k in stats)
+    else:
+        assert s.backend == "psutil" and set(stats) == {"cpu:system", "cpu:process"}
+
+
 def test_versions_never_raise_for_missing_packages(monkeypatch):
     monkeypatch.setattr(hw, "PACKAGES", [("torch", "torch", "2.13.0"), ("nope", "surely-not-installed-pkg", None)])
-    rows = {r["package"]: r for r in hw.versions()}
+    rows = {r["package"]: r for r in hw.versions({"torch": torch.__version__.split("+")[0]})}
     assert rows["python"]["ok"]
-    assert rows["torch"]["version"].startswith("2.13.0") and rows["torch"]["ok"]
-    assert rows["nope"] == {"package": "nope", "version": "not installed", "pinned": "", "ok": False}
+    assert rows["torch"]["version"] == torch.__version__ and rows["torch"]["ok"] and rows["torch"]["mark"] == "✓"
+    assert rows["nope"] == {"package": "nope", "version": "not installed", "locked": "", "ok": True, "mark": ""}
+    rows = {r["package"]: r for r in hw.versions({"surely-not-installed-pkg": "1.0"})}
+    assert rows["nope"] == {"package": "nope", "version": "not installed", "locked": "1.0", "ok": False, "mark": "✗"}
 
 
 def test_hardware_table_has_cpu_and_gpu_rows():
     rows = hw.hardware()
     assert rows[0]["device"] == "cpu" and rows[0]["memory_gib"] > 0
-    assert rows[1]["device"] == "gpu" and rows[1]["name"].startswith("none")
+    gpu_rows = rows[1:]
+    if hw._nvml() is None or all(r["device"] == "gpu" for r in gpu_rows):
+        assert len(gpu_rows) == 1 and gpu_rows[0]["device"] == "gpu" and gpu_rows[0]["name"].startswith("none")
+    else:
+        assert all(r["device"].startswith("cuda:") and r["memory_gib"] > 0 for r in gpu_rows)
