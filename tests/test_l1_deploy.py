@@ -259,7 +259,7 @@ def test_config_validation_errors(io, traced, tmp_path):
         TC.build_config("a", bad_dtype, validate=False) and TC.validate_config(
             TC.build_config("a", bad_dtype, validate=False), io)
     bad_name = TC.ModelIO([TC.TensorSpec("INPUT__0", "TYPE_INT64", [-1])] + io.inputs[1:], io.outputs)
-    with pytest.raises(TC.ConfigError, match="'INPUT__0' is not a input of the traced model"):
+    with pytest.raises(TC.ConfigError, match="'INPUT__0' is not an input of the traced model"):
         TC.validate_config(TC.build_config("a", bad_name, validate=False), io)
     with pytest.raises(TC.ConfigError, match="preferred_batch_size 128"):
         TC.build_config("a", io, max_batch_size=64, preferred_batch_size=(128,))

@@ -579,10 +579,27 @@ def query(texts: list[str], port: int = 8000, host: str = "127.0.0.1", model: st
     return clean_addresses(f"{host}:{port}", load_tokenizer(), texts, model, max_seq_length)
 
 
+def _wait_for_stop() -> None:
+    """Block until Ctrl-C or SIGTERM (``kill PID``), so the server stops cleanly either way."""
+    import signal
+
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+
+    saved = signal.signal(signal.SIGTERM, _term)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m course_lib.deploy.serve [--model model.pt] [--port N] [--query TEXT ...]`` (notebook 01).
 
-    Without ``--query``: serve the traced model until Ctrl-C. With ``--query``: send the texts to a server
+    Without ``--query``: serve the traced model until Ctrl-C (or SIGTERM). With ``--query``: send the texts to a server
     already running on ``--port`` and print one JSON line per text. Errors are one line on stderr, exit code 1.
     """
     import argparse
@@ -610,11 +627,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"serving {args.name!r} at http://{srv.url} (Ctrl-C to stop); query it with:\n"
                   f"  python -m course_lib.deploy.serve --query \"上海市徐汇区漕溪北路88号\""
                   + (f" --port {args.port}" if args.port != 8000 else ""), flush=True)
-            try:
-                while True:
-                    time.sleep(1)
-            except KeyboardInterrupt:
-                pass
+            _wait_for_stop()
     except (FileNotFoundError, PortInUse, ServerNotRunning, TritonRequestError, hw.MissingDependency,
             TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)

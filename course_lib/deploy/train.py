@@ -1,4 +1,4 @@
-"""Training loop (tqdm) and evaluation (area accuracy, entity span F1) for ``BertMultitask``.
+"""Training loop (progress bar via hw.progress) and evaluation (area accuracy, entity span F1) for ``BertMultitask``.
 
 Introduced in ``01_torchscript_triton.ipynb``. The loss is cross-entropy on the area class plus
 GlobalPointer's multi-label cross-entropy on the span logits; evaluation decodes spans with logit > 0

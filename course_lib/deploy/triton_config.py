@@ -186,7 +186,7 @@ def validate_config(text: str, io: ModelIO | None = None):
             for t in got:
                 seen.add(t.name)
                 if t.name not in real:
-                    errors.append(f"{what} {t.name!r} is not a {what} of the traced model (it has: {', '.join(real)})")
+                    errors.append(f"{what} {t.name!r} is not an {what} of the traced model (it has: {', '.join(real)})")
                     continue
                 s = real[t.name]
                 if dt.Name(t.data_type) != s.data_type:
