@@ -4,14 +4,18 @@ Triton config builder/validation and a real Triton round trip on 127.0.0.1."""
 from __future__ import annotations
 
 import filecmp
+import threading
 
 import pytest
+import torch
+from conftest import require_extra
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+require_extra("transformers", "deploy")
+require_extra("tritonclient.grpc.model_config_pb2", "deploy")
 
 from course_lib.deploy import data, features  # noqa: E402
 from course_lib.deploy import model as M  # noqa: E402
+from course_lib.deploy import serve as S  # noqa: E402
 from course_lib.deploy import trace as TR  # noqa: E402
 from course_lib.deploy import train as T  # noqa: E402
 from course_lib.deploy import triton_config as TC  # noqa: E402
@@ -255,7 +259,7 @@ def test_config_validation_errors(io, traced, tmp_path):
         TC.build_config("a", bad_dtype, validate=False) and TC.validate_config(
             TC.build_config("a", bad_dtype, validate=False), io)
     bad_name = TC.ModelIO([TC.TensorSpec("INPUT__0", "TYPE_INT64", [-1])] + io.inputs[1:], io.outputs)
-    with pytest.raises(TC.ConfigError, match="'INPUT__0' is not a input of the traced model"):
+    with pytest.raises(TC.ConfigError, match="'INPUT__0' is not an input of the traced model"):
         TC.validate_config(TC.build_config("a", bad_name, validate=False), io)
     with pytest.raises(TC.ConfigError, match="preferred_batch_size 128"):
         TC.build_config("a", io, max_batch_size=64, preferred_batch_size=(128,))
@@ -274,27 +278,140 @@ def test_config_validation_errors(io, traced, tmp_path):
 # ---------------------------------------------------------------------------------------------- serving
 
 
-def test_server_not_running_is_a_clear_quick_error(batch):
-    S = pytest.importorskip("course_lib.deploy.serve")
-    import time
+def test_model_io_names_an_unmapped_dtype():
+    class Complex(torch.nn.Module):
+        def forward(self, x):
+            return torch.view_as_complex(torch.stack([x.float(), x.float()], -1))
 
-    t0 = time.time()
+    tr = torch.jit.trace(Complex(), (torch.ones(2, 3, dtype=torch.long),))
+    with pytest.raises(TC.ConfigError, match=r"output 'cls_logits' has dtype torch.complex64, which has no Triton data type"):
+        TC.model_io(tr, (torch.ones(2, 3, dtype=torch.long),), output_names=("cls_logits",))
+
+
+def test_instance_count_zero_means_one_and_negative_is_rejected(io):
+    text = TC.build_config("a", io, instance_count=0)  # unset: Triton starts one instance
+    assert TC.parse_config(text).instance_group[0].count == 0
+    with pytest.raises(TC.ConfigError, match="count must be >= 1, got -1"):
+        TC.build_config("a", io, instance_count=-1)
+
+
+def test_dynamic_batching_block_parses():
+    for pref, delay in (((8, 16), 2000), ((), 0)):
+        block = TC.dynamic_batching_block(pref, delay)
+        cfg = TC.parse_config(f'name: "a"\nbackend: "python"\nmax_batch_size: 16\n{block}\n')
+        assert list(cfg.dynamic_batching.preferred_batch_size) == list(pref)
+        assert cfg.dynamic_batching.max_queue_delay_microseconds == delay
+
+
+# ---------------------------------------------------------------------------------------------- serving
+
+
+def test_server_not_running_is_a_clear_error(batch):
     with pytest.raises(S.ServerNotRunning, match=r"no Triton server is running(.|\n)*python -m course_lib.deploy.serve"):
         S.infer(f"127.0.0.1:{S.free_port()}", batch.as_numpy(), timeout_s=2)
-    assert time.time() - t0 < 10
+
+
+class FakeClient:
+    """Stands in for tritonclient.http's client: answers, fails, or blocks until released."""
+
+    def __init__(self, mode="ok", release=None):
+        self.mode, self.release, self.calls = mode, release, 0
+
+    def infer(self, model, inputs):
+        self.calls += 1
+        if self.mode == "fail":
+            raise RuntimeError("model exploded")
+        if self.mode == "block":
+            self.release.wait()
+        return None
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def fake_server(monkeypatch):
+    def install(mode="ok", release=None):
+        monkeypatch.setattr(S, "check_server", lambda url, timeout_s=3.0: None)
+        monkeypatch.setattr(S, "_client", lambda url, timeout_s: FakeClient(mode, release))
+
+    return install
+
+
+def test_load_test_accounts_for_every_request(fake_server, batch):
+    payloads = [{k: v[:1] for k, v in batch.as_numpy().items()}]
+    fake_server("ok")
+    row = S.load_test("x:1", "address", payloads, concurrency=3, n_requests=10)
+    assert (row["requests"], row["errors"], len(row["latencies_s"])) == (10, 0, 10)
+    fake_server("fail")
+    row = S.load_test("x:1", "address", payloads, concurrency=4, n_requests=7)
+    assert (row["requests"], row["errors"]) == (0, 7) and "model exploded" in row["first_error"]
+
+
+def test_load_test_rejects_a_payload_missing_an_input_before_sending(fake_server, batch):
+    fake_server("ok")
+    good = {k: v[:1] for k, v in batch.as_numpy().items()}
+    bad = {k: v for k, v in good.items() if k != "attention_mask"}
+    with pytest.raises(ValueError, match="payload 1 lacks input"):
+        S.load_test("x:1", "address", [good, bad], concurrency=2, n_requests=4)
+
+
+def test_load_test_deadline_stops_sending_and_says_so(fake_server, batch):
+    release = threading.Event()
+    fake_server("block", release)
+    payloads = [{k: v[:1] for k, v in batch.as_numpy().items()}]
+    timer = threading.Timer(1.5, release.set)  # each client's first request is answered after the deadline
+    timer.start()
+    try:
+        row = S.load_test("x:1", "address", payloads, concurrency=2, n_requests=6, deadline_s=0.5, timeout_s=1.0)
+    finally:
+        release.set()
+    # at most one answered per client; every other request is reported as not sent, none is lost
+    assert row["requests"] + row["errors"] == 6 and row["errors"] >= 4
+    assert "deadline of 0 s" in row["first_error"] or "deadline" in row["first_error"]
+
+
+def test_port_in_use_is_named_before_starting(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        assert S.port_in_use(port)
+        with pytest.raises(S.PortInUse, match=f"port {port} is in use \\(pass --port"):
+            S.TritonServer(tmp_path / "model.pt", http_port=port).__enter__()
+    assert S._server_pids() == []
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert S.main(["--model", str(tmp_path / "nope.pt"), "--port", str(S.free_port())]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no TorchScript model at") and "--model" in err and "Traceback" not in err
+    assert S.main(["--query", "上海市徐汇区", "--port", str(S.free_port())]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no Triton server is running") and "python -m course_lib.deploy.serve" in err
+
+
+def test_cli_help_shows_the_client_command(capsys):
+    with pytest.raises(SystemExit):
+        S.main(["--help"])
+    out = capsys.readouterr().out
+    assert "--query" in out and "--port" in out and 'serve --query "上海市徐汇区漕溪北路88号"' in out
 
 
 @pytest.mark.slow
-def test_real_triton_round_trip(traced, tok, test_rows):
-    pytest.importorskip("pytriton")
-    S = pytest.importorskip("course_lib.deploy.serve")
+def test_real_triton_round_trip(traced, tok, test_rows, capsys):
+    require_extra("pytriton", "deploy")
     f = features.input2feature(tok, [r["text"] for r in test_rows[:8]], 64, pad_to_max=True, warn=False)
     with torch.no_grad():
         c0, n0 = traced(*f.as_tuple())
+
     class Boom(Exception):
         pass
 
-    with pytest.raises(Boom), S.TritonServer(traced, dynamic_batching=True) as srv:
+    port = S.free_port()
+    with pytest.raises(Boom), S.TritonServer(traced, dynamic_batching=True, http_port=port) as srv:
         assert S._server_pids(), "tritonserver should be a child of this process"
         cfg = S.served_config(srv.url, srv.name)
         assert cfg["backend"] == "python" and cfg["max_batch_size"] == 64 and "dynamic_batching" in cfg
@@ -310,16 +427,32 @@ def test_real_triton_round_trip(traced, tok, test_rows):
         row = S.load_test(srv.url, srv.name, payloads, concurrency=4, n_requests=16)
         assert row["requests"] == 16 and row["errors"] == 0
         assert sum(srv.batch_sizes) >= 16 + 8
+        # the documented client command, against this server
+        capsys.readouterr()
+        assert S.main(["--query", test_rows[0]["text"], "--port", str(port)]) == 0
+        import json
+
+        line = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+        assert line["area"] == out[0]["area"] and line["entities"] == out[0]["entities"]
+        # a second server on the same port is refused with the reason, not Triton's 403
+        with pytest.raises(S.PortInUse, match=f"port {port} is in use"):
+            S.TritonServer(traced, http_port=port).__enter__()
         raise Boom("a failure inside the block must still stop the server")
     assert S._server_pids() == []  # nothing orphaned
+    assert "Failed to initialize NVML" not in capsys.readouterr().out
 
 
 def test_batching_speedup_and_plot_on_a_known_table():
     import pandas as pd
 
-    S = pytest.importorskip("course_lib.deploy.serve")
-    df = pd.DataFrame({"dynamic_batching": [True] * 2 + [False] * 2, "concurrency": [1, 64] * 2,
-                       "throughput_rps": [10.0, 300.0, 12.0, 100.0], "p95_ms": [5.0, 50.0, 4.0, 90.0]})
-    assert S.batching_speedup(df) == 3.0
+    df = pd.DataFrame({"dynamic_batching": [True] * 2 + [False] * 2, "concurrency": [1, 16] * 2,
+                       "throughput_rps": [10.0, 300.0, 12.0, 100.0], "rps_min": [9.0, 250.0, 11.0, 90.0],
+                       "rps_max": [11.0, 350.0, 13.0, 110.0],
+                       "rps_rounds": [[9.0, 11.0], [250.0, 350.0], [11.0, 13.0], [125.0, 87.5]],
+                       "p50_ms": [4.0, 40.0, 3.0, 80.0], "p95_ms": [5.0, 50.0, 4.0, 90.0]})
+    assert S.batching_speedup(df, 16) == (3.0, 2.0, 4.0)
+    assert S.batching_speedup(df, 1)[0] == pytest.approx(10 / 12)
+    with pytest.raises(ValueError, match="no rows at concurrency 4"):
+        S.batching_speedup(df, 4)
     fig = S.plot_sweep(df)
-    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 2
+    assert len(fig.axes) == 2 and all(ax.get_ylim()[0] == 0 for ax in fig.axes)

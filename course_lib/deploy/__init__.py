@@ -13,11 +13,38 @@ Modules (import them directly; heavy dependencies are imported inside them, neve
 The pip extra is ``deploy``: ``pip install -e '.[deploy]'``.
 """
 
-EXTRA = "deploy"
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+
+EXTRA = "deploy"  # optional imports: ``hw.require(module, EXTRA)`` names ``pip install -e '.[deploy]'``
 
 
-def missing_extra(package: str) -> ImportError:
-    """An ImportError that names the pip extra to install (used by every module of lesson 1) (notebook 01)."""
-    return ImportError(
-        f"{package} is not installed; lesson 1 needs the 'deploy' extra: pip install -e '.[deploy]'"
-    )
+@contextlib.contextmanager
+def _quiet_import():
+    # Importing transformers' model code imports torchao when it is installed (lesson 5's environment), and torchao logs
+    # that its CUDA kernels do not load on a CPU-only machine; transformers imports tqdm.auto, which warns in a kernel
+    # without ipywidgets (it falls back to a text bar). Both harmless here: silenced for this import only.
+    loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    saved = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="IProgress not found")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, saved):
+            lg.setLevel(lvl)
+
+
+def import_transformers():
+    """``transformers`` with its BERT classes imported, quietly; MissingDependency naming the extra if absent (notebook 01)."""
+    from course_lib import hw
+
+    with _quiet_import():
+        tf = hw.require("transformers", EXTRA)
+        tf.BertModel, tf.BertTokenizerFast  # noqa: B018 - the lazy attributes import the model and tokenizer code
+    return tf

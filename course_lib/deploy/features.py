@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from course_lib.deploy import missing_extra
+from course_lib.deploy import import_transformers
 from course_lib.deploy.data import ENTITY_TYPES, default_dir
 
 
@@ -23,10 +23,7 @@ def load_tokenizer(vocab: str | Path | None = None):
     old name (you get a 5-token vocabulary and every character becomes ``[UNK]``); we pass the right one
     and check the size.
     """
-    try:
-        from transformers import BertTokenizerFast
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise missing_extra("transformers") from None
+    BertTokenizerFast = import_transformers().BertTokenizerFast
     path = Path(vocab) if vocab is not None else default_dir() / "vocab.txt"
     if not path.exists():
         raise FileNotFoundError(f"vocabulary {path} not found; run `python -m course_lib.deploy.data` to write it")

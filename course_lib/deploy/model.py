@@ -16,13 +16,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from course_lib.deploy import missing_extra
+import torch
+from torch import nn
 
-try:
-    import torch
-    from torch import nn
-except ImportError:  # pragma: no cover
-    raise missing_extra("torch") from None
+from course_lib.deploy import import_transformers
 
 SIZES = {
     # name: (layers, hidden, heads, intermediate)
@@ -33,12 +30,11 @@ SIZES = {
 NEG = 1e12  # the mask value of the original GlobalPointer
 
 
+
+
 def bert_config(vocab_size: int, size: str = "small", max_position_embeddings: int = 128, **overrides):
     """A ``transformers.BertConfig`` of a named size (tiny/small/base) for a vocabulary of ``vocab_size`` (notebook 01)."""
-    try:
-        from transformers import BertConfig
-    except ImportError:  # pragma: no cover
-        raise missing_extra("transformers") from None
+    BertConfig = import_transformers().BertConfig
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
     layers, hidden, heads, inter = SIZES[size]
@@ -106,13 +102,11 @@ class BertMultitask(nn.Module):
         # False: let transformers build it — its masking_utils calls mask.to(device=embeddings.device), which a
         # trace records as a constant Device (the CUDA-binding pitfall of notebook 01).
         self.device_free_mask = device_free_mask
-        try:
-            from transformers import BertModel
-        except ImportError:  # pragma: no cover
-            raise missing_extra("transformers") from None
+        BertModel = import_transformers().BertModel
         self.config = config
         self.num_classes, self.num_types = num_classes, num_types
         self.bert = BertModel(config, add_pooling_layer=True)
+        self.bert.loss_function = None  # our loss lives in train.py; unset, transformers warns when a trace reads it
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(config.hidden_size, num_classes)
         self.global_pointer = GlobalPointer(config.hidden_size, num_types, head_size, rope)
@@ -154,9 +148,7 @@ class CheckpointError(RuntimeError):
 
 def build_model(meta: dict) -> BertMultitask:
     """A fresh (untrained) ``BertMultitask`` from checkpoint metadata (``bert_config`` dict + head sizes) (notebook 01)."""
-    from transformers import BertConfig
-
-    cfg = BertConfig(**meta["bert_config"])
+    cfg = import_transformers().BertConfig(**meta["bert_config"])
     cfg._attn_implementation = "eager"
     return BertMultitask(cfg, meta["num_classes"], meta["num_types"], meta.get("head_size", 64),
                          meta.get("rope", True))

@@ -1,4 +1,4 @@
-"""Training loop (tqdm) and evaluation (area accuracy, entity span F1) for ``BertMultitask``.
+"""Training loop (progress bar via hw.progress) and evaluation (area accuracy, entity span F1) for ``BertMultitask``.
 
 Introduced in ``01_torchscript_triton.ipynb``. The loss is cross-entropy on the area class plus
 GlobalPointer's multi-label cross-entropy on the span logits; evaluation decodes spans with logit > 0
@@ -54,8 +54,8 @@ def _batches(n: int, bs: int, rng: random.Random):
 
 
 def train(model: BertMultitask, tokenizer, examples: list[dict], cfg: TrainConfig = TrainConfig()) -> TrainResult:
-    """Train ``model`` in place on labelled ``examples`` with AdamW + linear warm-up/decay; tqdm shows progress (notebook 01)."""
-    from tqdm import tqdm  # the text bar: works in a terminal, in Jupyter and under papermill alike
+    """Train ``model`` in place on labelled ``examples`` with AdamW + linear warm-up/decay; a progress bar shows the steps (notebook 01)."""
+    from course_lib import hw
 
     if not examples:
         raise ValueError("no training examples")
@@ -75,7 +75,7 @@ def train(model: BertMultitask, tokenizer, examples: list[dict], cfg: TrainConfi
     model.train()
     res = TrainResult(steps=0, seconds=0.0)
     t0 = time.perf_counter()
-    bar = tqdm(total=total, desc="train", disable=not cfg.progress, mininterval=1.0)
+    bar = hw.progress(total=total, desc="train", disable=not cfg.progress, mininterval=1.0)
     while res.steps < total:
         for idx in _batches(len(examples), cfg.batch_size, rng):
             batch = [examples[i] for i in idx]
@@ -160,17 +160,6 @@ def per_type_frame(metrics: dict):
     return pd.DataFrame(metrics["per_type"]).T
 
 
-def confusion(model, tokenizer, examples: list[dict], max_seq_length: int = 64):
-    """Area confusion matrix as a pandas DataFrame (rows: gold, columns: predicted) (notebook 01)."""
-    import pandas as pd
-
-    areas, _ = predict(model, tokenizer, [e["text"] for e in examples], max_seq_length)
-    df = pd.DataFrame(0, index=AREAS, columns=AREAS)
-    for a, e in zip(areas, examples):
-        df.iloc[e["area_id"], a] += 1
-    return df
-
-
 def train_shipped_checkpoint(out=None, epochs: float = 8.0, max_seconds: float | None = None) -> dict:
     """Re-train the tiny checkpoint shipped in ``data/addresses/bert_multitask_tiny.pt`` (≈5 min on one CPU core) (notebook 01).
 
@@ -195,7 +184,7 @@ def train_shipped_checkpoint(out=None, epochs: float = 8.0, max_seconds: float |
     return ev
 
 
-__all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "predict", "span_f1", "per_type_frame", "confusion",
+__all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "predict", "span_f1", "per_type_frame",
            "Features"]
 
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from course_lib.deploy import missing_extra
+from course_lib import hw
+from course_lib.deploy import EXTRA
 
 TORCH_TO_TRITON = {
     "torch.bool": "TYPE_BOOL", "torch.uint8": "TYPE_UINT8", "torch.int8": "TYPE_INT8", "torch.int16": "TYPE_INT16",
     "torch.int32": "TYPE_INT32", "torch.int64": "TYPE_INT64", "torch.float16": "TYPE_FP16",
     "torch.bfloat16": "TYPE_BF16", "torch.float32": "TYPE_FP32", "torch.float64": "TYPE_FP64",
 }
-KINDS = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
 
 
 class ConfigError(ValueError):
@@ -50,12 +50,18 @@ class ModelIO:
 
 
 def _pb():
-    try:
-        from google.protobuf import text_format
-        from tritonclient.grpc import model_config_pb2
-    except ImportError:  # pragma: no cover
-        raise missing_extra("tritonclient[grpc]") from None
+    model_config_pb2 = hw.require("tritonclient.grpc.model_config_pb2", EXTRA)
+    text_format = hw.require("google.protobuf.text_format", EXTRA)
     return model_config_pb2, text_format
+
+
+def triton_dtype(dtype, what: str = "tensor") -> str:
+    """Triton's ``TYPE_*`` name of a torch dtype; ConfigError naming the supported ones otherwise (notebook 01)."""
+    key = str(dtype)
+    if key not in TORCH_TO_TRITON:
+        supported = ", ".join(k.removeprefix("torch.") for k in TORCH_TO_TRITON)
+        raise ConfigError(f"{what} has dtype {key}, which has no Triton data type here (supported: {supported})")
+    return TORCH_TO_TRITON[key]
 
 
 def model_io(traced, example_inputs: tuple, output_names: tuple[str, ...] = ("cls_logits", "ner_logits")) -> ModelIO:
@@ -80,8 +86,9 @@ def model_io(traced, example_inputs: tuple, output_names: tuple[str, ...] = ("cl
     def _dims(a, b):  # drop the batch dim; a dim that changed with the sequence length is dynamic
         return [-1 if x != y else x for x, y in zip(a.shape[1:], b.shape[1:])]
 
-    inputs = [TensorSpec(n, TORCH_TO_TRITON[str(x.dtype)], _dims(x, y)) for n, x, y in zip(args, example_inputs, longer)]
-    outputs = [TensorSpec(f"{n}__{i}", TORCH_TO_TRITON[str(x.dtype)], _dims(x, y))
+    inputs = [TensorSpec(n, triton_dtype(x.dtype, f"input {n!r}"), _dims(x, y))
+              for n, x, y in zip(args, example_inputs, longer)]
+    outputs = [TensorSpec(f"{n}__{i}", triton_dtype(x.dtype, f"output {n!r}"), _dims(x, y))
                for i, (n, x, y) in enumerate(zip(output_names, out1, out2))]
     return ModelIO(inputs, outputs)
 
@@ -94,6 +101,15 @@ def _tensor_block(kind: str, specs: list[TensorSpec]) -> str:
             lines.append(f'    label_filename: "{s.label_filename}"')
         items.append("  {\n" + "\n".join(lines) + "\n  }")
     return f"{kind} [\n" + ",\n".join(items) + "\n]"
+
+
+def dynamic_batching_block(preferred_batch_size: tuple[int, ...] = (8, 16), max_queue_delay_microseconds: int = 500) -> str:
+    """The ``dynamic_batching { ... }`` stanza of a ``config.pbtxt`` (notebook 01)."""
+    lines = []
+    if preferred_batch_size:
+        lines.append(f"  preferred_batch_size: [ {', '.join(str(int(b)) for b in preferred_batch_size)} ]")
+    lines.append(f"  max_queue_delay_microseconds: {int(max_queue_delay_microseconds)}")
+    return "dynamic_batching {\n" + "\n".join(lines) + "\n}"
 
 
 def build_config(
@@ -113,10 +129,7 @@ def build_config(
     parts = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {int(max_batch_size)}",
              _tensor_block("input", io.inputs), _tensor_block("output", io.outputs)]
     if dynamic_batching:
-        pref = ", ".join(str(int(b)) for b in preferred_batch_size)
-        parts.append("dynamic_batching {\n"
-                     + (f"  preferred_batch_size: [ {pref} ]\n" if preferred_batch_size else "")
-                     + f"  max_queue_delay_microseconds: {int(max_queue_delay_microseconds)}\n}}")
+        parts.append(dynamic_batching_block(preferred_batch_size, max_queue_delay_microseconds))
     group = [f"    count: {int(instance_count)}", f"    kind: {instance_kind}"]
     if gpus:
         group.append(f"    gpus: [ {', '.join(str(int(g)) for g in gpus)} ]")
@@ -164,7 +177,7 @@ def validate_config(text: str, io: ModelIO | None = None):
         kind = model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind)
         if kind == "KIND_CPU" and len(g.gpus):
             errors.append(f"instance_group KIND_CPU lists gpus {list(g.gpus)}; use KIND_GPU")
-        if g.count < 1 and g.count != 0:
+        if g.count < 0:  # 0 = unset: Triton then starts one instance
             errors.append(f"instance_group count must be >= 1, got {g.count}")
     if io is not None:
         for what, got, want in (("input", cfg.input, io.inputs), ("output", cfg.output, io.outputs)):
@@ -173,7 +186,7 @@ def validate_config(text: str, io: ModelIO | None = None):
             for t in got:
                 seen.add(t.name)
                 if t.name not in real:
-                    errors.append(f"{what} {t.name!r} is not a {what} of the traced model (it has: {', '.join(real)})")
+                    errors.append(f"{what} {t.name!r} is not an {what} of the traced model (it has: {', '.join(real)})")
                     continue
                 s = real[t.name]
                 if dt.Name(t.data_type) != s.data_type:
