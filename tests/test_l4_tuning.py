@@ -342,3 +342,21 @@ def test_tuning_scratch_folders_live_under_the_course_cache(monkeypatch, tmp_pat
 def test_error_line_skips_the_empty_first_line_of_numpy_messages():
     assert tuners.error_line(AssertionError("\nNot equal to tolerance rtol=1e-4\n...")) == "AssertionError: Not equal to tolerance rtol=1e-4"
     assert tuners.error_line(AssertionError("")) == "AssertionError"
+
+
+def test_committed_mlp_database_best_kernels_all_run_in_parallel():
+    """Each of the three kernels' best record (lowest measured time) has a Parallel instruction in its trace."""
+    db_dir = metaschedule.committed_dir("mlp")
+    best = {}
+    for line in (db_dir / metaschedule.RECORD_FILE).read_text().splitlines():
+        if not line.strip():
+            continue
+        w, rec = json.loads(line)
+        if rec[1]:
+            t = sum(rec[1]) / len(rec[1])
+            if w not in best or t < best[w][0]:
+                best[w] = (t, rec)
+    assert len(best) == 3
+    for w, (_, rec) in best.items():
+        assert any(inst[0] == "Parallel" for inst in rec[0][0]), f"workload {w}: best schedule has no parallel loop"
+        assert int(rec[2].get("num-cores", 1)) >= 1
