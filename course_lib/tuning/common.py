@@ -10,16 +10,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-EXTRA_HINT = "install the lesson's extra: pip install -e '.[tvm]' (apache-tvm==0.27.0.post1, apache-tvm-ffi==0.1.14.post1)"
-
-
 def require_tvm():
-    """Import and return ``tvm``; a clear ImportError naming the ``tvm`` extra when it is missing."""
-    try:
-        import tvm  # noqa: F401
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(f"lesson 4 needs Apache TVM: {EXTRA_HINT} ({e})") from None
-    return tvm
+    """Import and return ``tvm``; :class:`course_lib.hw.MissingDependency` naming the ``tvm`` extra when it is missing."""
+    from course_lib import hw
+
+    return hw.require("tvm", "tvm", what="lesson 4 (Apache TVM)")
 
 
 def host_cpu() -> str:

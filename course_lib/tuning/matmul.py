@@ -110,13 +110,28 @@ def make_data(n: int, l: int, m: int, seed: int = 0, dtype: str = "float32") -> 
     return MatmulData(a=a, b=b, ref=a @ b, args=args)
 
 
+class WrongResult(AssertionError):
+    """A kernel whose output differs from numpy's beyond the tolerance; the message gives the max error."""
+
+
 def run_and_check(lib, data: MatmulData, rtol: float = 1e-4, atol: float = 1e-4) -> float:
-    """Run the kernel once, ``assert_allclose`` against numpy; returns the max absolute difference."""
+    """Run the kernel once, compare with numpy (``assert_allclose``'s rule); returns the max absolute difference.
+
+    A wrong result raises :class:`WrongResult` saying how wrong: the max |C - numpy|, where, and how many elements.
+    """
     data.args[2].copyfrom(np.zeros_like(data.ref))
     lib["main"](*data.args)
     out = data.args[2].numpy()
-    np.testing.assert_allclose(out, data.ref, rtol=rtol, atol=atol * data.shape[1] ** 0.5)
-    return float(np.abs(out - data.ref).max())
+    diff = np.abs(out - data.ref)
+    tol = atol * data.shape[1] ** 0.5 + rtol * np.abs(data.ref)
+    bad = ~(diff <= tol)  # NaN counts as wrong
+    if bad.any():
+        worst = np.unravel_index(int(np.nanargmax(np.where(bad, diff, -1.0))), diff.shape)
+        raise WrongResult(
+            f"wrong result: max |C - numpy| = {float(np.nanmax(diff)):.3g} at {tuple(int(i) for i in worst)}, "
+            f"{int(bad.sum())} of {bad.size} elements outside the tolerance (atol {atol * data.shape[1] ** 0.5:.2g}, rtol {rtol:g})"
+        )
+    return float(diff.max())
 
 
 def gflops_of(lib, data: MatmulData, number: int = 3, repeat: int = 3, name: str = "tvm"):
@@ -149,3 +164,42 @@ def torch_bench(data: MatmulData, repeat: int = 10):
     a, b = torch.from_numpy(data.a), torch.from_numpy(data.b)
     with torch.no_grad():
         return benchmark(lambda: a @ b, name="torch.matmul", items=matmul_flops(*data.shape), unit="FLOP", repeat=repeat)
+
+
+def loop_nest(sch, max_chars: int = 1500) -> str:
+    """The body of a schedule's ``main`` as TVMScript (without the function header), for printing after a step."""
+    body = sch.mod.script().split('T.func_attr({"tirx.noalias": True})')[-1].strip("\n")
+    return body if len(body) <= max_chars else body[:max_chars] + "\n    …"
+
+
+def check_and_time(sch, data: MatmulData, name: str, number: int = 3, repeat: int = 5, target=None):
+    """Build a schedule, check it against numpy (:func:`run_and_check`), time it; returns the FLOP-unit BenchResult.
+
+    The max |C - numpy| is kept in ``result.extra["max_abs_err"]``.
+    """
+    lib = build(sch, target)
+    err = run_and_check(lib, data)
+    res = gflops_of(lib, data, number=number, repeat=repeat, name=name)
+    res.extra["max_abs_err"] = err
+    return res
+
+
+def gflops_range(result) -> tuple[float, float]:
+    """(low, high) GFLOP/s of a FLOP-unit BenchResult: at its p90 time and at its p10 time (the run-to-run spread)."""
+    from course_lib.bench import percentile
+
+    flop = result.items
+    return flop / percentile(result.times_s, 90) / 1e9, flop / percentile(result.times_s, 10) / 1e9
+
+
+def compare(before, after) -> str:
+    """A sentence comparing two FLOP-unit BenchResults with their p10–p90 spread; says when the ranges overlap."""
+    lo_b, hi_b = gflops_range(before)
+    lo_a, hi_a = gflops_range(after)
+    ratio = gflops(after) / gflops(before)
+    spread = f"{gflops(before):.2f} [{lo_b:.2f}–{hi_b:.2f}] → {gflops(after):.2f} [{lo_a:.2f}–{hi_a:.2f}] GFLOP/s"
+    if lo_a > hi_b:
+        return f"{spread}: {ratio:.2f}× faster, outside the run-to-run spread"
+    if hi_a < lo_b:
+        return f"{spread}: {1 / ratio:.2f}× slower, outside the run-to-run spread"
+    return f"{spread}: ×{ratio:.2f}, within the run-to-run spread (the p10–p90 ranges overlap; another run can flip it)"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 from course_lib import paths
@@ -108,6 +107,62 @@ def cost_model_choice(prefer: str = "xgb") -> tuple[str, str]:
         )
 
 
+def parallel_extents(sch) -> list[int]:
+    """Extents of the loops a schedule runs in parallel, read from its trace's ``Parallel`` instructions."""
+    out = []
+    for inst in sch.trace.insts:
+        if inst.kind.name == "Parallel":
+            try:
+                out.append(int(sch.get(inst.inputs[0]).extent))
+            except Exception:  # a loop fused or split away after it was marked: count it as unknown (0)
+                out.append(0)
+    return out
+
+
+def require_parallel(min_extent: int):
+    """A MetaSchedule postprocessor that rejects every candidate without a parallel loop of ≥ ``min_extent`` iterations.
+
+    MetaSchedule's rules only *suggest* parallelism (an annotation on the root block); the postprocessor fuses the
+    outer loops into one parallel loop, and when the sampled tiles leave those loops with extent 1 the kernel runs on
+    one core. On a machine shared with other jobs such a serial kernel can even *measure* faster during tuning, so the
+    search keeps it. This constraint keeps only kernels that can use ``min_extent`` cores (the target's ``num-cores``).
+    """
+    require_tvm()
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.postproc import PyPostproc
+
+    @derived_object
+    class RequireParallel(PyPostproc):
+        def __init__(self, min_extent: int):
+            super().__init__()
+            self.min_extent = int(min_extent)
+
+        def _initialize_with_tune_context(self, context) -> None:
+            pass
+
+        def apply(self, sch) -> bool:
+            return any(e >= self.min_extent for e in parallel_extents(sch))
+
+        def clone(self):
+            return RequireParallel(self.min_extent)
+
+    return RequireParallel(min_extent)
+
+
+def space_for(target, min_parallel: int = 0):
+    """MetaSchedule's default design space for ``target``; with ``min_parallel`` > 1 its postprocessors also reject
+    candidates without a parallel loop of that many iterations (see :func:`require_parallel`)."""
+    require_tvm()
+    from tvm.s_tir import meta_schedule as ms
+
+    if min_parallel <= 1:
+        return "post-order-apply"
+    kind = str(target.kind.name)
+    return ms.space_generator.PostOrderApply(
+        sch_rules=kind, postprocs=[*ms.postproc.Postproc.create(kind), require_parallel(min_parallel)], mutator_probs=kind
+    )
+
+
 def tune(
     mod,
     work_dir: str | Path,
@@ -118,8 +173,12 @@ def tune(
     cost_model: str = "xgb",
     verbose: bool = True,
     quiet: bool = True,
+    min_parallel: int | None = None,
 ):
-    """Run ``ms.tune_tir`` (evolutionary search + cost model) on ``mod``; returns (database, cost-model sentence)."""
+    """Run ``ms.tune_tir`` (evolutionary search + cost model) on ``mod``; returns (database, cost-model sentence).
+
+    ``min_parallel`` (default: the target's ``num-cores``) rejects candidates that cannot use that many cores.
+    """
     require_tvm()
     from tvm.s_tir import meta_schedule as ms
 
@@ -130,16 +189,20 @@ def tune(
         print(sentence)
     register_host_intrinsics()
     quiet_console(quiet)
+    target = target or host_target()
+    if min_parallel is None:
+        min_parallel = int(target.attrs.get("num-cores", 1))
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     db = ms.tune_tir(
         mod,
-        target or host_target(),
+        target,
         str(work_dir),
         max_trials_global=int(trials),
         num_trials_per_iter=min(int(num_trials_per_iter), int(trials)),
         builder=fast_builder(),
         cost_model=model,
+        space=space_for(target, min_parallel),
         strategy="evolutionary",
         seed=seed,
         num_tuning_cores=physical_cores(),
@@ -159,6 +222,15 @@ def design_spaces(mod, target=None) -> list:
         search_strategy="evolutionary", num_threads=physical_cores(),
     )
     return list(ctx.generate_design_space())
+
+
+def scratch_dir(what: str, fresh: bool = True) -> Path:
+    """A scratch folder for a tuning run under the course cache (``paths.cache_dir("l4", what)``), emptied first."""
+    d = paths.cache_dir("l4", what)
+    if fresh:
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True, exist_ok=True)
+    return d
 
 
 def save_database(work_dir: str | Path, dest: str | Path) -> Path:
@@ -239,9 +311,47 @@ def replay_or_tune(mod, db_dir: str | Path, retune_trials: int = 0, work_dir: st
             return compile_from_database(db, mod, target), db, f"replayed the committed database {db_dir}"
         except DatabaseError as e:
             raise DatabaseError(f"{e}. Set a positive retune_trials to tune instead.") from None
-    work_dir = Path(work_dir or tempfile.mkdtemp(prefix="l4-ms-"))
+    work_dir = Path(work_dir) if work_dir else scratch_dir("ms-replay-or-tune")
     db, sentence = tune(mod, work_dir, retune_trials, target=target)
     return compile_from_database(db, mod, target), db, f"tuned {retune_trials} trials in {work_dir} ({sentence})"
+
+
+def _records(db_dir: str | Path) -> list:
+    path = Path(db_dir) / RECORD_FILE
+    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def tuned_target(db_dir: str | Path) -> dict:
+    """The target a committed database was tuned for, as written in its records (``mcpu``, ``num-cores``…)."""
+    rows = _records(db_dir)
+    if not rows:
+        raise DatabaseError(f"{Path(db_dir) / RECORD_FILE} holds no records")
+    return dict(rows[0][1][2])
+
+
+def tuned_num_cores(db_dir: str | Path) -> int:
+    """The ``num-cores`` of the target a database was tuned for (1 when the record does not say)."""
+    return int(tuned_target(db_dir).get("num-cores", 1))
+
+
+def record_summary(db_dir: str | Path, flops: dict[int, float] | None = None) -> list[dict]:
+    """One row per workload of a database: its argument shapes, trials measured, best and median measured time (µs)."""
+    import statistics
+
+    rows: dict[int, dict] = {}
+    for w, rec in _records(db_dir):
+        row = rows.setdefault(w, {"workload": w, "arg_shapes": [a[2] for a in rec[3]], "trials": 0, "times_us": []})
+        row["trials"] += 1
+        if rec[1]:
+            row["times_us"].append(1e6 * sum(float(x) for x in rec[1]) / len(rec[1]))
+    out = []
+    for w in sorted(rows):
+        r = rows[w]
+        times = r.pop("times_us")
+        r["best_us"] = min(times) if times else float("nan")
+        r["median_us"] = statistics.median(times) if times else float("nan")
+        out.append(r)
+    return out
 
 
 def tuning_curve(db_dir: str | Path, flops: float) -> list[float]:
@@ -264,9 +374,11 @@ def regenerate_matmul(trials: int = 128, n: int = 512, dest: str | Path | None =
     """Tune the lesson's ``n``³ matmul for ``trials`` trials and write the database to ``data/tvm/matmul_<n>/``."""
     from course_lib.tuning.matmul import matmul_module
 
-    work = Path(tempfile.mkdtemp(prefix="l4-ms-"))
+    work = scratch_dir(f"ms-matmul-{n}")
     tune(matmul_module(n, n, n), work, trials)
-    return save_database(work, dest or committed_dir(f"matmul_{n}"))
+    out = save_database(work, dest or committed_dir(f"matmul_{n}"))
+    shutil.rmtree(work, ignore_errors=True)
+    return out
 
 
 if __name__ == "__main__":  # python -m course_lib.tuning.metaschedule [trials]

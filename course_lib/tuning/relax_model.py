@@ -8,7 +8,7 @@ latency gain is largest — Ansor's task-scheduler idea, now MetaSchedule's defa
 
 from __future__ import annotations
 
-import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +39,12 @@ def to_relax(model, example):
     require_tvm()
     from tvm.relax.frontend.torch import from_exported_program
 
-    with torch.no_grad():
-        ep = torch.export.export(model, (example,))
-    return from_exported_program(ep, unwrap_unit_return_tuple=True)
+    with warnings.catch_warnings():
+        # torch 2.13's own pytree code (reached through torch.export) still uses the deprecated LeafSpec check
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        with torch.no_grad():
+            ep = torch.export.export(model, (example,))
+        return from_exported_program(ep, unwrap_unit_return_tuple=True)
 
 
 def prepare(mod, target=None):
@@ -77,12 +80,25 @@ def extract_tasks(mod, target=None) -> list:
     return ms.relax_integration.extract_tasks(prepare(mod, target), target)
 
 
-def tune(mod, work_dir: str | Path, trials: int, target=None, seed: int = 0, cost_model: str = "xgb", quiet: bool = True):
-    """``ms.relax_integration.tune_relax`` with the fast builder and the gradient task scheduler; returns the database."""
+def tune(
+    mod, work_dir: str | Path, trials: int, target=None, seed: int = 0, cost_model: str = "xgb", quiet: bool = True,
+    min_parallel: int | None = None,
+):
+    """``ms.relax_integration.tune_relax`` with the fast builder and the gradient task scheduler; returns the database.
+
+    Like :func:`course_lib.tuning.metaschedule.tune`, candidates without a parallel loop of ``min_parallel`` iterations
+    (default: the target's ``num-cores``) are rejected.
+    """
     require_tvm()
     from tvm.s_tir import meta_schedule as ms
 
-    from course_lib.tuning.metaschedule import cost_model_choice, fast_builder, quiet_console, register_host_intrinsics
+    from course_lib.tuning.metaschedule import (
+        cost_model_choice,
+        fast_builder,
+        quiet_console,
+        register_host_intrinsics,
+        space_for,
+    )
 
     model, sentence = cost_model_choice(cost_model)
     print(sentence)
@@ -90,6 +106,8 @@ def tune(mod, work_dir: str | Path, trials: int, target=None, seed: int = 0, cos
     quiet_console(quiet)
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     target = target or host_target()
+    if min_parallel is None:
+        min_parallel = int(target.attrs.get("num-cores", 1))
     prepared = prepare(mod, target)
     n_tasks = max(1, len(ms.relax_integration.extract_tasks(prepared, target)))
     # every task gets one first round before the scheduler picks by gain: split small budgets evenly
@@ -103,6 +121,7 @@ def tune(mod, work_dir: str | Path, trials: int, target=None, seed: int = 0, cos
         num_trials_per_iter=per_iter,
         builder=fast_builder(),
         cost_model=model,
+        space=space_for(target, min_parallel),
         task_scheduler="gradient",
         strategy="evolutionary",
         seed=seed,
@@ -170,14 +189,17 @@ def regenerate(trials: int = 128, batch: int = 32, dest: str | Path | None = Non
     """Tune the lesson's MLP (batch ``batch``) for ``trials`` trials and save the database to ``data/tvm/mlp/``."""
     import torch
 
-    from course_lib.tuning.metaschedule import committed_dir, save_database
+    import shutil
+
+    from course_lib.tuning.metaschedule import committed_dir, save_database, scratch_dir
 
     model = make_mlp()
     mod = to_relax(model, torch.randn(batch, 256))
-    work = Path(tempfile.mkdtemp(prefix="l4-relax-"))
+    work = scratch_dir("ms-mlp")
     tune(mod, work, trials)
     out = save_database(work, dest or committed_dir("mlp"))
     (out / SUMMARY_FILE).write_text(scheduler_summary(work), encoding="utf-8")
+    shutil.rmtree(work, ignore_errors=True)
     return out
 
 

@@ -10,7 +10,6 @@ with today's ``tvm.s_tir.Schedule``.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -202,7 +201,7 @@ def matmul_template(config: dict, n: int = 512, l: int = 512, m: int = 512, mod=
         cw = sch.cache_write(block, 0, "global")
         sch.reverse_compute_at(cw, loops["jo"])
         if config["vectorize"]:
-            sch.vectorize(sch.get_loops(cw)[-1])
+            vectorize_own_inner_loop(sch, cw)
     if config["unroll"]:
         second = order[-2]
         if int(sch.get(second).extent) <= 64:
@@ -214,13 +213,19 @@ def matmul_template(config: dict, n: int = 512, l: int = 512, m: int = 512, mod=
     # zero the accumulator once, outside the k loops (after the annotations: they need the reduction block whole)
     init = sch.decompose_reduction(block, loops["ko"])
     if config["vectorize"]:
-        sch.vectorize(sch.get_loops(init)[-1])
+        vectorize_own_inner_loop(sch, init)
     return sch
 
 
-def all_configs(space: ConfigSpace):
-    """Every config of ``space`` in index order (small spaces only: it is a generator)."""
-    for idx in itertools.count():
-        if idx >= len(space):
-            return
-        yield space.get(idx)
+def vectorize_own_inner_loop(sch, block) -> bool:
+    """Vectorise the innermost loop around ``block`` only if that loop holds ``block`` alone; True if it did.
+
+    ``cache_write``/``decompose_reduction`` create loops only for extents > 1: with a 1×1 tile the write-back (or
+    zeroing) block sits directly under ``j.outer``, the loop that also holds the whole reduction. Vectorising that loop
+    would turn the accumulation into a wrong SIMD computation, so a loop shared with another block is left alone.
+    """
+    loops = sch.get_loops(block)
+    if not loops or len(sch.get_child_blocks(loops[-1])) != 1:
+        return False
+    sch.vectorize(loops[-1])
+    return True

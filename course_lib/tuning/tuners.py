@@ -323,6 +323,12 @@ def best_record(path: str | Path, tuner: str | None = None) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
+def error_line(e: BaseException, width: int = 200) -> str:
+    """``"Type: first non-empty line of the message"`` (numpy's assertion messages start with an empty line)."""
+    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+    return f"{type(e).__name__}: {first[:width]}" if first else type(e).__name__
+
+
 class TemplateMeasurer:
     """``measure(indices) -> GFLOP/s``: build each config of the matmul template, check it vs numpy, time it.
 
@@ -361,7 +367,7 @@ class TemplateMeasurer:
             res = gflops_of(lib, self.data, number=self.number, repeat=self.repeat)
             out = (gflops(res), "", {"median_ms": res.median_ms, "build_s": t1 - t0})
         except Exception as e:  # a config that does not build or computes the wrong thing scores 0
-            out = (0.0, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", {})
+            out = (0.0, error_line(e), {})
         self.cache[index] = out
         return out
 
