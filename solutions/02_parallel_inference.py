@@ -18,8 +18,7 @@ def gpipe_schedule(num_stages, num_microbatches):
 
 # %% [02.pipeline_qps]
 # Exercise 02.pipeline_qps (predict): sequences/s of ONE batch through the pipeline with m micro-batches
-m = max(pipeline_microbatches)
-one_batch_s = sum(stage_ms) / 1e3 / m + (m - 1) * max(stage_ms) / 1e3 / m
+one_batch_s = sum(stage_ms) / 1e3 / m_pred + (m_pred - 1) * max(stage_ms) / 1e3 / m_pred
 my_pipeline_qps = batch / one_batch_s
 
 # %% [02.best_microbatches]

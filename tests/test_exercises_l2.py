@@ -12,7 +12,7 @@ from course_lib.paths import solutions_dir
 
 
 def _solutions() -> dict:
-    ns = {"torch": torch, "pipeline_microbatches": [1, 2, 4], "stage_ms": [30.0, 50.0], "batch": 8,
+    ns = {"torch": torch, "m_pred": 4, "stage_ms": [30.0, 50.0], "batch": 8,
           "sweep": pd.DataFrame({"microbatches": [1, 2, 4], "qps": [50.0, 61.0, 55.0]})}
     for src in exercises.load_solutions(solutions_dir() / "02_parallel_inference.py").values():
         exec(src, ns)
