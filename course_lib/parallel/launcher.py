@@ -202,7 +202,7 @@ def launch(
     if not plan_runs:
         return LaunchResult(empty, empty, skipped, 0.0, str(out_dir or ""))
     cores = os.cpu_count() or 1
-    plan = dict(model=_model_spec(model), batch=batch, seq_len=seq_len, warmup=warmup, repeat=repeat,
+    plan = dict(backend=backend, model=_model_spec(model), batch=batch, seq_len=seq_len, warmup=warmup, repeat=repeat,
                 qps_batches=qps_batches, qps_rounds=qps_rounds, timeout_s=collective_timeout_s,
                 sample_interval=sample_interval, threads=threads or max(1, cores // world_size),
                 single_threads=cores if backend == "gloo" else None,

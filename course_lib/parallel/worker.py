@@ -120,20 +120,20 @@ def _memory(devices: list[str], util: list[dict]) -> float:
     return max((u["mem_max_mib"] for u in util), default=float("nan"))
 
 
-def run_one(run: dict, plan: dict, world, batch, ref) -> dict:
-    """Build, check parity, time and sample one strategy on this rank; returns the JSON record.
+def _measure(run: dict, plan: dict, world, batch, ref):
+    """Build, check parity and time one strategy under a utilisation sampler, with the run's thread count.
 
     Single-process strategies (``single``, ``split``) run with ``plan["single_threads"]`` threads
     (all cores: the fair one-process baseline), the others with the rank's share.
     """
     import torch
 
-    from course_lib import bench, hw
+    from course_lib import hw
     from course_lib.parallel import SINGLE_PROCESS
 
-    name, streams = run["strategy"], int(run.get("streams", 1))
+    streams = int(run.get("streams", 1))
     threads_before = torch.get_num_threads()
-    if name in SINGLE_PROCESS and plan.get("single_threads"):
+    if run["strategy"] in SINGLE_PROCESS and plan.get("single_threads"):
         torch.set_num_threads(int(plan["single_threads"]))
     try:
         runner, build_s = _build(run, plan, world, batch)
@@ -148,9 +148,20 @@ def run_one(run: dict, plan: dict, world, batch, ref) -> dict:
             torch.cuda.reset_peak_memory_stats()
         with hw.UtilizationSampler(interval=plan.get("sample_interval", 0.1)) as sampler:
             lat, thr = _time(fn, runner, batch, plan)
-        threads = torch.get_num_threads()
+        return dict(runner=runner, build_s=build_s, parity=parity, devices=devices, lat=lat, thr=thr,
+                    sampler=sampler, threads=torch.get_num_threads())
     finally:
         torch.set_num_threads(threads_before)
+
+
+def run_one(run: dict, plan: dict, world, batch, ref) -> dict:
+    """Build, check parity, time and sample one strategy on this rank; returns the JSON record."""
+    from course_lib import bench
+    from course_lib.parallel import SINGLE_PROCESS
+
+    name, streams = run["strategy"], int(run.get("streams", 1))
+    m = _measure(run, plan, world, batch, ref)
+    runner, devices, lat, thr, sampler = m["runner"], m["devices"], m["lat"], m["thr"], m["sampler"]
     util = _util_rows(sampler.summary(), devices)
     keys = {u["device"] for u in util}
     info = {k: v for k, v in runner.info.items() if isinstance(v, (int, float, str, list, bool))}
@@ -171,7 +182,7 @@ def run_one(run: dict, plan: dict, world, batch, ref) -> dict:
         "microbatches": int(run.get("microbatches", 1)),
         "streams": streams,
         "balance": run.get("balance", "layers"),
-        "parity_max_abs_diff": parity,
+        "parity_max_abs_diff": m["parity"],
         "times_s": lat.times_s,
         "p10_ms": bench.percentile(lat.times_s, 10) * 1e3,
         "p50_ms": lat.median_ms,
@@ -184,8 +195,8 @@ def run_one(run: dict, plan: dict, world, batch, ref) -> dict:
         "util_trace": [(round(t, 3), d, u) for t, d, u, _ in sampler.trace if d in keys],
         "peak_mem_mib": _memory(devices, util),
         "param_mib": runner.local_param_mib(),
-        "build_s": build_s,
-        "threads": threads,
+        "build_s": m["build_s"],
+        "threads": m["threads"],
         "info": info,
     }
 
@@ -208,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         from course_lib.parallel.model import make_batch, reference_logits
         from course_lib.parallel.world import init_world
 
-        world = init_world(timeout_s=plan.get("timeout_s", 120))
+        world = init_world(timeout_s=plan.get("timeout_s", 120), backend=plan.get("backend"))
         if plan.get("fail_rank") == rank:
             raise RuntimeError(f"injected failure on rank {rank} (fail_rank={rank})")
         if plan.get("hang_rank") == rank:  # never reaches the first collective: the others must time out
