@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import time
 
 import pytest
 import torch
+from conftest import require_extra
 
-from course_lib.parallel import Run, launch, strategy_module
-from course_lib.parallel import deepspeed_tp, split
-from course_lib.parallel.launcher import LaunchTimeout, RankFailed, check_world
-from course_lib.parallel.model import bert_config, make_batch, reference_logits, split_layers
-from course_lib.parallel.pipeline import microbatches
-from course_lib.parallel.fsdp import rows_of
-from course_lib.parallel.world import StrategyUnavailable, World, WorldSizeError
+transformers = require_extra("transformers", "parallel")
+
+from course_lib.parallel import Run, launch, strategy_module  # noqa: E402
+from course_lib.parallel import deepspeed_tp, split  # noqa: E402
+from course_lib.parallel.launcher import LaunchTimeout, RankFailed, check_world  # noqa: E402
+from course_lib.parallel.model import bert_config, make_batch, reference_logits, split_layers  # noqa: E402
+from course_lib.parallel.pipeline import microbatches  # noqa: E402
+from course_lib.parallel.fsdp import rows_of  # noqa: E402
+from course_lib.parallel.world import StrategyUnavailable, World, WorldSizeError  # noqa: E402
 
 TINY = {"preset": "tiny"}  # 3 layers, hidden 64, 2 heads, vocab 21128
 
@@ -149,8 +151,12 @@ def test_every_strategy_matches_single_on_two_gloo_ranks(tmp_path):
                               "pipeline m=2 (flops)"]
     for label, diff in df["parity_max_abs_diff"].items():
         assert diff < 1e-4, f"{label}: max abs diff {diff}"
-    assert df.loc["single", "parity_max_abs_diff"] == 0.0  # same seed, same weights, same kernels
-    assert (df["qps"] > 0).all() and (df["p90_ms"] >= df["p50_ms"]).all()
+    assert (df["qps_p10"] <= df["qps"]).all() and (df["qps"] <= df["qps_p90"]).all()
+    assert (df["p10_ms"] <= df["p50_ms"]).all() and (df["p50_ms"] <= df["p90_ms"]).all()
+    # the single-process strategies get every core, the distributed ones each rank's share
+    cores = os.cpu_count() or 1
+    assert df.loc["single", "threads"] == cores and df.loc["split", "threads"] == cores
+    assert df.loc["tensor", "threads"] == max(1, cores // 2)
     assert df.loc["tensor", "world_size"] == 2 and df.loc["single", "world_size"] == 1
     # uneven split: 3 layers over 2 stages
     assert df.loc["pipeline", "info"]["layers_per_stage"] == [2, 1]
@@ -171,34 +177,34 @@ def test_every_strategy_matches_single_on_two_gloo_ranks(tmp_path):
 
 @pytest.mark.slow
 def test_a_failing_rank_fails_the_run_fast_with_its_error(tmp_path):
-    t0 = time.perf_counter()
     with pytest.raises(RankFailed) as err:
         launch(["tensor"], world_size=2, model=TINY, batch=2, seq_len=8, device="cpu",
                fail_rank=1, timeout_s=120, collective_timeout_s=30, out_dir=tmp_path)
-    elapsed = time.perf_counter() - t0
-    assert "injected failure on rank 1" in str(err.value)
-    assert "rank1" in str(err.value)
+    # torchrun tore the job down on rank 1's exception: neither limit had to fire
     assert not isinstance(err.value, LaunchTimeout)
-    assert elapsed < 90, f"took {elapsed:.0f} s"
+    assert "injected failure on rank 1" in str(err.value).splitlines()[0]
+    assert "--- rank1 ---" in str(err.value)
+    assert (tmp_path / "error_rank1.txt").exists()
 
 
 @pytest.mark.slow
 def test_a_stalled_rank_trips_the_collective_timeout(tmp_path):
-    t0 = time.perf_counter()
     with pytest.raises(RankFailed) as err:
         launch(["tensor"], world_size=2, model=TINY, batch=2, seq_len=8, device="cpu",
                hang_rank=1, collective_timeout_s=5, timeout_s=150, out_dir=tmp_path)
     assert not isinstance(err.value, LaunchTimeout), "the whole-job limit fired, not the collective timeout"
-    assert "rank0" in str(err.value)
-    assert time.perf_counter() - t0 < 120
+    first = str(err.value).splitlines()[0]
+    # rank 0's barrier gave up after the collective timeout and names the rank that never arrived
+    assert "Ranks 1 failed to pass monitoredBarrier in 5000 ms" in first, first
+    assert "--- rank0 ---" in str(err.value)
 
 
 @pytest.mark.slow
 def test_a_job_past_its_wall_clock_limit_is_killed(tmp_path):
-    t0 = time.perf_counter()
-    with pytest.raises(LaunchTimeout, match="ran past its 3 s limit"):
+    with pytest.raises(LaunchTimeout, match="the 1-rank job ran past its 3 s limit and was killed"):
         launch(["single"], world_size=1, model=TINY, device="cpu", timeout_s=3, out_dir=tmp_path)
-    assert time.perf_counter() - t0 < 20
+    # killed before it could finish: no rank wrote a result
+    assert not list(tmp_path.glob("run*_rank*.json"))
 
 
 def test_communication_estimates_known_answer():
@@ -225,3 +231,49 @@ def test_stream_chunks_map_to_the_right_reference_rows():
     runner = Runner("x", World(rank=1, world_size=2), lambda b: None, rows=lambda b: rows_of(1, 2, b))
     assert expected_rows(runner, ref, 1).flatten().tolist() == [4, 5, 6, 7]
     assert expected_rows(runner, ref, 2).flatten().tolist() == [2, 3, 6, 7]
+
+
+def test_parity_check_catches_a_wrong_output():
+    """The worker's parity number is a real comparison: the right reference gives ~0, a wrong one does not."""
+    from course_lib.parallel.worker import run_one
+
+    cfg = bert_config("tiny")
+    batch = make_batch(3, 8)
+    plan = {"model": {"preset": "tiny"}, "warmup": 0, "repeat": 2, "qps_batches": 2, "qps_rounds": 2,
+            "single_threads": 1, "sample_interval": 0.05}
+    good = run_one({"strategy": "single"}, plan, World(), batch, reference_logits(cfg, batch))
+    other_weights = reference_logits(cfg, batch, seed=1)
+    bad = run_one({"strategy": "single"}, plan, World(), batch, other_weights)
+    assert good["parity_max_abs_diff"] <= 1e-6
+    assert bad["parity_max_abs_diff"] > 1e-2
+    assert good["threads"] == 1 and len(good["times_s"]) == 2 and len(good["round_times_s"]) == 2
+    assert good["qps_p10"] <= good["qps"] <= good["qps_p90"]
+
+
+def test_default_scratch_folder_is_removed(monkeypatch, tmp_path):
+    """Without ``out_dir`` the ranks' files go to a scratch folder under the course cache, removed after reading."""
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    with pytest.raises(LaunchTimeout):
+        launch(["single"], world_size=1, model=TINY, device="cpu", timeout_s=0.5)
+    assert (tmp_path / "l2").is_dir() and not list((tmp_path / "l2").iterdir())
+
+
+def test_gpipe_prediction_known_answers():
+    from course_lib.parallel import analysis
+
+    assert analysis.gpipe_schedule(2, 3) == [[(0, 0)], [(0, 1), (1, 0)], [(0, 2), (1, 1)], [(1, 2)]]
+    # equal stages: latency (m + S - 1) * T / m
+    assert analysis.gpipe_latency([1.0, 1.0], 4) == pytest.approx(5 / 4)
+    # one micro-batch: the stages run one after another
+    assert analysis.gpipe_latency([1.0, 3.0], 1) == pytest.approx(4.0)
+    assert analysis.pipeline_qps([0.1, 0.3], 8, 4, streaming=True) == pytest.approx(8 / 0.3)
+    assert analysis.pipeline_qps([0.1, 0.3], 8, 2) == pytest.approx(8 / (0.2 + 0.15))
+
+
+def test_pipeline_stage_times_follow_the_split():
+    from course_lib.parallel.pipeline import stage_times
+
+    before = torch.get_num_threads()
+    res = stage_times(TINY, [range(0, 3), range(3, 3)], make_batch(2, 8), warmup=0, repeat=2, threads=1)
+    assert [r.name for r in res] == ["stage 0", "stage 1"] and all(len(r.times_s) == 2 for r in res)
+    assert torch.get_num_threads() == before  # the thread count is restored

@@ -37,3 +37,38 @@ def _param_bytes(cfg, bytes_per_value: int) -> int:
     emb = (v + cfg.max_position_embeddings + cfg.type_vocab_size) * h + 2 * h
     head = (h * h + h) + 2 * h + v  # transform + LayerNorm + decoder bias (decoder weight tied)
     return (L * layer + emb + head) * bytes_per_value
+
+
+def gpipe_schedule(num_stages: int, num_microbatches: int) -> list[list[tuple[int, int]]]:
+    """The forward GPipe schedule: step ``t`` runs ``(stage s, micro-batch t - s)`` on every stage where it exists (02).
+
+    ``m + S - 1`` steps; stage ``s`` idles for ``S - 1`` of them (the bubble).
+    """
+    if num_stages < 1 or num_microbatches < 1:
+        raise ValueError(f"need at least one stage and one micro-batch, got {num_stages}, {num_microbatches}")
+    steps = []
+    for t in range(num_microbatches + num_stages - 1):
+        steps.append([(s, t - s) for s in range(num_stages) if 0 <= t - s < num_microbatches])
+    return steps
+
+
+def gpipe_latency(stage_times, microbatches: int) -> float:
+    """Time of ONE batch through a GPipe pipeline: ``sum(T)/m + (m-1)·max(T)/m`` (02).
+
+    ``stage_times`` are the times each stage needs for the whole batch; a micro-batch takes ``T/m``
+    on a stage (perfect scaling, no communication). The first micro-batch crosses every stage,
+    the other ``m - 1`` follow at the pace of the slowest stage.
+    """
+    ts = [float(t) for t in stage_times]
+    if not ts or microbatches < 1:
+        raise ValueError("need stage times and at least one micro-batch")
+    m = microbatches
+    return sum(ts) / m + (m - 1) * max(ts) / m
+
+
+def pipeline_qps(stage_times, batch: int, microbatches: int, streaming: bool = False) -> float:
+    """Predicted sequences/s: one batch at a time (``batch / gpipe_latency``), or batches back to back
+    (``streaming``: the slowest stage sets the pace, ``batch / max(T)``) (02)."""
+    if streaming:
+        return batch / max(float(t) for t in stage_times)
+    return batch / gpipe_latency(stage_times, microbatches)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +29,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from course_lib.parallel import SINGLE_PROCESS, STRATEGIES
+from course_lib import paths
+from course_lib.parallel import STRATEGIES
 from course_lib.parallel.world import WorldSizeError
 
 
@@ -163,6 +165,8 @@ def launch(
     seq_len: int = 64,
     warmup: int = 2,
     repeat: int = 5,
+    qps_batches: int = 4,
+    qps_rounds: int = 3,
     timeout_s: float = 300.0,
     collective_timeout_s: float = 60.0,
     device: str = "auto",
@@ -176,22 +180,54 @@ def launch(
 ) -> LaunchResult:
     """Run ``runs`` (strategy names or :class:`Run`) on ``world_size`` torchrun ranks; returns a :class:`LaunchResult` (02).
 
-    ``model`` is a preset name or ``{"preset": ..., **BertConfig overrides}``. Strategies that cannot
-    run here (e.g. DeepSpeed without GPUs) are left out and listed in ``.skipped`` with the reason.
-    ``fail_rank`` makes that rank raise right after start-up (to see fail-fast in action);
-    ``hang_rank`` makes that rank stall before its first collective, so the others hit the
-    collective timeout (``collective_timeout_s``).
-    ``torchrun_args`` replaces ``--standalone`` (e.g. ``["--nnodes=2", "--node-rank=0",
-    "--rdzv-backend=c10d", "--rdzv-endpoint=host:29500"]`` for several nodes; start the same call on
-    every node with ``out_dir`` on a shared file system so the ranks' JSON files meet in one place;
-    ``world_size`` is then the number of ranks per node).
+    ``model`` is a preset name or ``{"preset": ..., **BertConfig overrides}``. Each strategy is timed
+    ``repeat`` times one batch at a time (latency, after ``warmup`` calls) and ``qps_rounds`` times
+    ``qps_batches`` batches back to back (throughput). ``threads`` is each rank's torch thread count
+    (default: cores / ranks); the single-process strategies (``single``, ``split``) use every core.
+    Strategies that cannot run here (e.g. DeepSpeed without GPUs) are left out and listed in
+    ``.skipped`` with the reason. ``fail_rank`` makes that rank raise right after start-up (to see
+    fail-fast in action); ``hang_rank`` makes that rank stall before its first collective, so the
+    others hit the collective timeout (``collective_timeout_s``).
+    ``out_dir`` keeps the ranks' files there; by default they go to a scratch folder under the
+    course cache that is removed once read. ``torchrun_args`` replaces ``--standalone`` (e.g.
+    ``["--nnodes=2", "--node-rank=0", "--rdzv-backend=c10d", "--rdzv-endpoint=host:29500"]`` for
+    several nodes; start the same call on every node with ``out_dir`` on a shared file system so the
+    ranks' JSON files meet in one place; ``world_size`` is then the number of ranks per node).
     """
     import pandas as pd
 
     backend = check_world(world_size, device, oversubscribe)
+    plan_runs, skipped = plan_strategies(runs, world_size, backend)
+    empty = pd.DataFrame()
+    if not plan_runs:
+        return LaunchResult(empty, empty, skipped, 0.0, str(out_dir or ""))
+    cores = os.cpu_count() or 1
+    plan = dict(backend=backend, model=_model_spec(model), batch=batch, seq_len=seq_len, warmup=warmup, repeat=repeat,
+                qps_batches=qps_batches, qps_rounds=qps_rounds, timeout_s=collective_timeout_s,
+                sample_interval=sample_interval, threads=threads or max(1, cores // world_size),
+                single_threads=cores if backend == "gloo" else None,
+                runs=plan_runs, fail_rank=fail_rank, hang_rank=hang_rank)
+    own = out_dir is None
+    out = Path(tempfile.mkdtemp(prefix="launch-", dir=paths.cache_dir("l2"))) if own else Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for f in list(out.glob("run*_rank*.json")) + list(out.glob("error_rank*.txt")):
+            f.unlink()
+        (out / "plan.json").write_text(json.dumps(plan, indent=1), encoding="utf-8")
+        seconds = _run_torchrun(out, world_size, plan["threads"], timeout_s, torchrun_args)
+        ranks, summary, traces = collect(out, plan_runs)
+        return LaunchResult(summary, ranks, skipped, seconds, "" if own else str(out),
+                            _tail(out / "torchrun.log", 2000), traces)
+    finally:
+        if own:
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def plan_strategies(runs, world_size: int, backend: str) -> tuple[list[dict], dict]:
+    """The runs of a plan (dicts for the workers) and ``{label: reason}`` for those that cannot run here (02)."""
     runs = [r if isinstance(r, Run) else Run(r) for r in runs]
     gpus = _gpus() if backend == "nccl" else 0
-    skipped, todo = {}, []
+    skipped, plan_runs = {}, []
     for r in runs:
         why = unavailable_reason(r.strategy, world_size, gpus)
         if why is None and r.streams > 1 and backend != "nccl":
@@ -199,39 +235,25 @@ def launch(
         if why:
             skipped[r.label] = why
             continue
+        d = asdict(r)
         if r.strategy == "split":
             n = r.devices or world_size
             if backend == "nccl" and n > gpus:
                 raise WorldSizeError(f"split over {n} devices needs {n} GPUs but {gpus} found")
-            r.devices = n
-        todo.append(r)
-    model_spec = model if isinstance(model, (str, dict)) else model.to_dict()
-    if isinstance(model_spec, str):
-        model_spec = {"preset": model_spec}
-    plan_runs = []
-    for r in todo:
-        d = asdict(r)
-        if r.strategy == "split":
-            dev = "cuda" if backend == "nccl" else "cpu"
-            d["devices"] = [f"{dev}:{i}" if dev == "cuda" else "cpu" for i in range(r.devices)]
+            d["devices"] = [f"cuda:{i}" for i in range(n)] if backend == "nccl" else ["cpu"] * n
         else:
             d.pop("devices")
         plan_runs.append(d)
-    cores = os.cpu_count() or 1
-    threads = threads or max(1, cores // world_size)
-    plan = dict(model=model_spec, batch=batch, seq_len=seq_len, warmup=warmup, repeat=repeat,
-                timeout_s=collective_timeout_s, sample_interval=sample_interval, threads=threads,
-                runs=plan_runs, fail_rank=fail_rank, hang_rank=hang_rank)
+    return plan_runs, skipped
 
-    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="l2-launch-"))
-    out.mkdir(parents=True, exist_ok=True)
-    for f in list(out.glob("run*_rank*.json")) + list(out.glob("error_rank*.txt")):
-        f.unlink()
-    (out / "plan.json").write_text(json.dumps(plan, indent=1), encoding="utf-8")
-    empty = pd.DataFrame()
-    if not plan_runs:
-        return LaunchResult(empty, empty, skipped, 0.0, str(out))
 
+def _model_spec(model) -> dict:
+    spec = model if isinstance(model, (str, dict)) else model.to_dict()
+    return {"preset": spec} if isinstance(spec, str) else spec
+
+
+def _run_torchrun(out: Path, world_size: int, threads: int, timeout_s: float, torchrun_args) -> float:
+    """Start ``torchrun`` on ``out/plan.json`` and wait; returns seconds, raises :class:`RankFailed` / :class:`LaunchTimeout`."""
     env = dict(os.environ)
     pkg_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -259,17 +281,12 @@ def launch(
     seconds = time.perf_counter() - t0
     if rc != 0:
         errs = _errors(out)
-        first = ""
-        for line in reversed(errs.splitlines()):
-            if line.strip() and not line.startswith(" "):
-                first = line.strip()
-                break
+        first = next((ln.strip() for ln in reversed(errs.splitlines()) if ln.strip() and not ln.startswith(" ")), "")
         raise RankFailed(
             f"the {world_size}-rank job failed (exit {rc}) after {seconds:.1f} s: {first or 'see log'}\n"
             + (errs or _tail(log))
         )
-    ranks, summary, traces = collect(out, plan_runs)
-    return LaunchResult(summary, ranks, skipped, seconds, str(out), _tail(log, 2000), traces)
+    return seconds
 
 
 def collect(out: Path, plan_runs: list[dict]):
@@ -303,6 +320,9 @@ def collect(out: Path, plan_runs: list[dict]):
             "balance": r0.get("balance", "layers"),
             "streams": r0["streams"],
             "qps": min(r["qps"] for r in recs),
+            "qps_p10": min(r["qps_p10"] for r in recs),
+            "qps_p90": min(r["qps_p90"] for r in recs),
+            "p10_ms": max(r["p10_ms"] for r in recs),
             "p50_ms": max(r["p50_ms"] for r in recs),
             "p90_ms": max(r["p90_ms"] for r in recs),
             "util_max": max((u["util_max"] for u in utils), default=float("nan")),
@@ -310,6 +330,7 @@ def collect(out: Path, plan_runs: list[dict]):
             "peak_mem_mib": max(r["peak_mem_mib"] for r in recs),
             "param_mib_per_rank": max(r["param_mib"] for r in recs),
             "parity_max_abs_diff": max(diffs) if diffs else float("nan"),
+            "threads": r0["threads"],
             "info": r0["info"],
         })
     return pd.DataFrame(rank_rows), pd.DataFrame(summary), pd.DataFrame(traces)

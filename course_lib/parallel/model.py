@@ -7,6 +7,9 @@ Every rank builds the same weights from the same seed, so outputs can be compare
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
 from dataclasses import dataclass, field
 
 # name -> (hidden, layers, heads, intermediate); vocab 21128 = bert-base-chinese
@@ -18,13 +21,34 @@ PRESETS: dict[str, dict] = {
 VOCAB_SIZE = 21128
 
 
-def _transformers():
+@contextlib.contextmanager
+def _quiet_first_import():
+    """Silence three import-time notes that do not concern this lesson, only while transformers loads.
+
+    tqdm.auto warns when ipywidgets is missing (no progress bars here); transformers' quantizer
+    registry imports torchao when it is installed, which logs "Failed to load" for its GPU-only
+    kernels, and torch logs an Enum ``register_constant`` deprecation note from torchao.
+    """
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
-        import transformers
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "lesson 2 needs transformers: pip install -e '.[parallel]'"
-        ) from e
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="IProgress not found")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _transformers():
+    from course_lib import hw
+
+    with _quiet_first_import():
+        transformers = hw.require("transformers", "parallel", what="lesson 2")
+        _ = transformers.BertForMaskedLM, transformers.BertConfig  # lazy attributes: load them here
+        from transformers import quantizers  # noqa: F401  (imports torchao when installed)
     return transformers
 
 
@@ -82,10 +106,6 @@ class Batch:
     def seq_len(self) -> int:
         """Tokens per sequence."""
         return int(self.input_ids.shape[1])
-
-    def to(self, device) -> "Batch":
-        """The same batch on ``device``."""
-        return Batch(self.input_ids.to(device), dict(self.meta))
 
 
 def make_batch(batch: int, seq_len: int, vocab_size: int = VOCAB_SIZE, seed: int = 1) -> Batch:

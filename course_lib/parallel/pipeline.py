@@ -67,56 +67,108 @@ def microbatches(n_rows: int, n: int) -> list[slice]:
     return [slice(r.start, r.stop) for r in split_layers(n_rows, n)]  # the same even split as the stages
 
 
+class SendRecvPipeline:
+    """This rank's part of the hand-written pipeline: receive, run the stage, ``isend`` onward (02).
+
+    Rank 0 feeds token ids, the last rank returns logits; every other call returns ``None``. Sends
+    are asynchronous, so a stage starts its next micro-batch while the previous one is on the wire;
+    at most ``max_inflight`` sends stay pending (their tensors must live until the send is done).
+    """
+
+    def __init__(self, stage: Stage, rank: int, world_size: int, device: str, microbatches: int,
+                 max_inflight: int | None = None):
+        self.stage, self.rank, self.device, self.m = stage, rank, device, microbatches
+        self.first, self.last = rank == 0, rank == world_size - 1
+        self.limit = max_inflight or 2 * microbatches
+        self.dtype = next(stage.parameters()).dtype
+        self.pending: deque = deque()  # (header work, tensor work, header, tensor)
+
+    def __call__(self, batch):
+        outs = []
+        for rows in microbatches(batch.size, self.m):
+            x = batch.input_ids[rows].to(self.device) if self.first else self.recv()
+            y = self.stage(x)
+            if self.last:
+                outs.append(y)
+            else:
+                self.send(y)
+        return torch.cat(outs) if self.last else None
+
+    def send(self, t):
+        """Asynchronously send a 3-number shape header, then ``t``, to the next rank."""
+        import torch.distributed as dist
+
+        header = torch.tensor(t.shape, dtype=torch.int64, device=self.device)
+        self.pending.append((dist.isend(header, self.rank + 1), dist.isend(t, self.rank + 1), header, t))
+        while len(self.pending) > self.limit:
+            self.wait_oldest()
+
+    def recv(self):
+        """Receive the shape header, then the activations, from the previous rank (blocking)."""
+        import torch.distributed as dist
+
+        header = torch.empty(3, dtype=torch.int64, device=self.device)
+        dist.recv(header, self.rank - 1)
+        t = torch.empty(tuple(header.tolist()), dtype=self.dtype, device=self.device)
+        dist.recv(t, self.rank - 1)
+        return t
+
+    def wait_oldest(self):
+        """Wait until the oldest pending send is done."""
+        h_header, h_tensor, *_ = self.pending.popleft()
+        h_header.wait()
+        h_tensor.wait()
+
+    def drain(self):
+        """Wait for every pending send."""
+        while self.pending:
+            self.wait_oldest()
+
+
 def build(model_config, world, microbatches_per_batch: int = 1, max_inflight: int | None = None,
           balance: str = "layers", seq_len: int = 128) -> Runner:
     """The hand-written send/recv pipeline; callable → logits on the last rank, ``None`` elsewhere (02).
 
     ``balance="flops"`` places layers so the stage FLOPs (MLM head included) are as even as possible.
     """
-    import torch.distributed as dist
-
     cfg = as_config(model_config)
     bounds = stage_bounds(cfg, world.world_size, balance, seq_len)
     stage = make_stage(cfg, world, bounds=bounds)
-    r, n = world.rank, world.world_size
-    dev = world.device
-    pending: deque = deque()  # (work handle, header, tensor): tensors must live until the send is done
-    limit = max_inflight or 2 * microbatches_per_batch
-    dtype = next(stage.parameters()).dtype
-
-    def send(t):
-        header = torch.tensor(t.shape, dtype=torch.int64, device=dev)
-        pending.append((dist.isend(header, r + 1), dist.isend(t, r + 1), header, t))
-        while len(pending) > limit:
-            h1, h2, *_ = pending.popleft()
-            h1.wait()
-            h2.wait()
-
-    def recv():
-        header = torch.empty(3, dtype=torch.int64, device=dev)
-        dist.recv(header, r - 1)
-        t = torch.empty(tuple(header.tolist()), dtype=dtype, device=dev)
-        dist.recv(t, r - 1)
-        return t
-
-    def fn(batch):
-        outs = []
-        for sl in microbatches(batch.size, microbatches_per_batch):
-            x = batch.input_ids[sl].to(dev) if r == 0 else recv()
-            y = stage(x)
-            if stage.last:
-                outs.append(y)
-            else:
-                send(y)
-        return torch.cat(outs) if stage.last else None
+    pipe = SendRecvPipeline(stage, world.rank, world.world_size, world.device, microbatches_per_batch, max_inflight)
 
     def sync():
-        while pending:
-            h1, h2, *_ = pending.popleft()
-            h1.wait()
-            h2.wait()
+        pipe.drain()
         world.sync()
 
-    return Runner("pipeline", world, fn, modules=[stage], sync=sync,
+    return Runner("pipeline", world, pipe, modules=[stage], sync=sync,
                   info={"layers_per_stage": [len(b) for b in bounds], "microbatches": microbatches_per_batch,
                         "balance": balance})
+
+
+def stage_times(model_config, bounds: list[range], batch, *, warmup: int = 1, repeat: int = 5,
+                threads: int | None = None) -> list:
+    """Time each stage of ``bounds`` alone on this process's CPU for ``batch`` (one ``bench`` result per stage) (02).
+
+    Stage ``s`` gets the activations stage ``s-1`` produces; ``threads`` sets torch's thread count
+    for the measurement (a rank's share of the cores) and is restored afterwards.
+    """
+    from course_lib import bench
+    from course_lib.parallel.world import World
+
+    cfg = as_config(model_config)
+    n = len(bounds)
+    old = torch.get_num_threads()
+    results = []
+    try:
+        if threads:
+            torch.set_num_threads(int(threads))
+        x = batch.input_ids
+        for s in range(n):
+            stage = make_stage(cfg, World(rank=s, world_size=n), bounds=bounds)
+            with torch.no_grad():
+                results.append(bench.benchmark(lambda: stage(x), name=f"stage {s}", items=batch.size,
+                                               unit="sequences", warmup=warmup, repeat=repeat))
+                x = stage(x)
+    finally:
+        torch.set_num_threads(old)
+    return results

@@ -76,83 +76,127 @@ def _util_rows(summary: dict, devices: list[str]) -> list[dict]:
     return out
 
 
-def run_one(run: dict, plan: dict, world, batch, ref) -> dict:
-    """Build, check parity, time and sample one strategy on this rank; returns the JSON record."""
-    import torch
-
-    from course_lib import bench, hw
+def _build(run: dict, plan: dict, world, batch):
+    """Build strategy ``run`` on this rank; returns (runner, seconds it took)."""
     from course_lib.parallel import strategy_module
 
     name = run["strategy"]
     kwargs = {}
     if name in ("pipeline", "pipelining"):
-        kwargs["microbatches_per_batch"] = int(run.get("microbatches", 1))
-        kwargs["balance"] = run.get("balance", "layers")
-        kwargs["seq_len"] = batch.seq_len
+        kwargs.update(microbatches_per_batch=int(run.get("microbatches", 1)), balance=run.get("balance", "layers"),
+                      seq_len=batch.seq_len)
     if name == "split":
         kwargs["devices"] = run["devices"]
     t0 = time.perf_counter()
     runner = strategy_module(name).build(plan["model"], world, **kwargs)
-    build_s = time.perf_counter() - t0
-    fn = _with_streams(runner, int(run.get("streams", 1)))
+    return runner, time.perf_counter() - t0
 
-    out = fn(batch)
-    runner.sync()
-    parity = None
-    if out is not None:
-        parity = float((out.detach().float().cpu() - expected_rows(runner, ref, int(run.get("streams", 1)))).abs().max())
 
-    devices = run.get("devices") or [world.device]
-    cuda = any(str(d).startswith("cuda") for d in devices)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    with hw.UtilizationSampler(interval=plan.get("sample_interval", 0.1)) as sampler:
-        lat = bench.benchmark(lambda: (fn(batch), runner.sync()), name=name, items=batch.size,
-                              warmup=plan["warmup"], repeat=plan["repeat"], device="cpu")
-        # streaming: calls back to back, one sync at the end (a pipeline overlaps batches here)
+def _time(fn, runner, batch, plan: dict):
+    """Latency (one batch, then sync) and throughput (``qps_batches`` back to back, one sync) through ``bench``."""
+    from course_lib import bench
+
+    def one_batch():
+        fn(batch)
         runner.sync()
-        t0 = time.perf_counter()
-        for _ in range(plan["repeat"]):
+
+    def batches_back_to_back():  # a pipeline overlaps consecutive batches here
+        for _ in range(plan["qps_batches"]):
             fn(batch)
         runner.sync()
-        stream_s = time.perf_counter() - t0
-    summary = sampler.summary()
-    util = _util_rows(summary, [str(d) for d in devices])
+
+    lat = bench.benchmark(one_batch, name="latency", items=batch.size, unit="sequences",
+                          warmup=plan["warmup"], repeat=plan["repeat"], device="cpu")
+    thr = bench.benchmark(batches_back_to_back, name="throughput", items=plan["qps_batches"] * batch.size,
+                          unit="sequences", warmup=0, repeat=plan["qps_rounds"], device="cpu")
+    return lat, thr
+
+
+def _memory(devices: list[str], util: list[dict]) -> float:
+    import torch
+
+    if any(str(d).startswith("cuda") for d in devices):
+        return max(torch.cuda.max_memory_allocated(torch.device(d)) for d in set(devices)) / 2**20
+    return max((u["mem_max_mib"] for u in util), default=float("nan"))
+
+
+def _measure(run: dict, plan: dict, world, batch, ref):
+    """Build, check parity and time one strategy under a utilisation sampler, with the run's thread count.
+
+    Single-process strategies (``single``, ``split``) run with ``plan["single_threads"]`` threads
+    (all cores: the fair one-process baseline), the others with the rank's share.
+    """
+    import torch
+
+    from course_lib import hw
+    from course_lib.parallel import SINGLE_PROCESS
+
+    streams = int(run.get("streams", 1))
+    threads_before = torch.get_num_threads()
+    if run["strategy"] in SINGLE_PROCESS and plan.get("single_threads"):
+        torch.set_num_threads(int(plan["single_threads"]))
+    try:
+        runner, build_s = _build(run, plan, world, batch)
+        fn = _with_streams(runner, streams)
+        out = fn(batch)
+        runner.sync()
+        parity = None
+        if out is not None:
+            parity = float((out.detach().float().cpu() - expected_rows(runner, ref, streams)).abs().max())
+        devices = [str(d) for d in (run.get("devices") or [world.device])]
+        if any(d.startswith("cuda") for d in devices):
+            torch.cuda.reset_peak_memory_stats()
+        with hw.UtilizationSampler(interval=plan.get("sample_interval", 0.1)) as sampler:
+            lat, thr = _time(fn, runner, batch, plan)
+        return dict(runner=runner, build_s=build_s, parity=parity, devices=devices, lat=lat, thr=thr,
+                    sampler=sampler, threads=torch.get_num_threads())
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def run_one(run: dict, plan: dict, world, batch, ref) -> dict:
+    """Build, check parity, time and sample one strategy on this rank; returns the JSON record."""
+    from course_lib import bench
+    from course_lib.parallel import SINGLE_PROCESS
+
+    name, streams = run["strategy"], int(run.get("streams", 1))
+    m = _measure(run, plan, world, batch, ref)
+    runner, devices, lat, thr, sampler = m["runner"], m["devices"], m["lat"], m["thr"], m["sampler"]
+    util = _util_rows(sampler.summary(), devices)
     keys = {u["device"] for u in util}
-    trace = [(round(t, 3), d, u) for t, d, u, _ in sampler.trace if d in keys]
-    if cuda:
-        peak = max(torch.cuda.max_memory_allocated(torch.device(d)) for d in set(devices)) / 2**20
-    else:
-        peak = max((u["mem_max_mib"] for u in util), default=float("nan"))
     info = {k: v for k, v in runner.info.items() if isinstance(v, (int, float, str, list, bool))}
     if name == "split":
         mode = runner.info["mode"]
         info.update(transfers_per_call=runner.info["counts"]["per_call_transfers"],
                     bytes_moved_total=mode.bytes_moved, ops_total=mode.ops)
+    single = name in SINGLE_PROCESS
     return {
         "strategy": name,
         "label": run.get("label", name),
         "rank": world.rank,
-        "world_size": len(devices) if name in ("single", "split") else world.world_size,
-        "backend": world.backend if name not in ("single", "split") else "none",
-        "device": ",".join(map(str, devices)),
+        "world_size": len(devices) if single else world.world_size,
+        "backend": "none" if single else world.backend,
+        "device": ",".join(devices),
         "batch": batch.size,
         "seq_len": batch.seq_len,
         "microbatches": int(run.get("microbatches", 1)),
-        "streams": int(run.get("streams", 1)),
+        "streams": streams,
         "balance": run.get("balance", "layers"),
-        "parity_max_abs_diff": parity,
+        "parity_max_abs_diff": m["parity"],
         "times_s": lat.times_s,
+        "p10_ms": bench.percentile(lat.times_s, 10) * 1e3,
         "p50_ms": lat.median_ms,
         "p90_ms": lat.p90_ms,
-        "stream_s": stream_s,
-        "qps": plan["repeat"] * batch.size / stream_s,
+        "round_times_s": thr.times_s,
+        "qps": thr.throughput,  # at the median round
+        "qps_p10": thr.items / bench.percentile(thr.times_s, 90),  # slow rounds give the low end
+        "qps_p90": thr.items / bench.percentile(thr.times_s, 10),
         "util": util,
-        "util_trace": trace,
-        "peak_mem_mib": peak,
+        "util_trace": [(round(t, 3), d, u) for t, d, u, _ in sampler.trace if d in keys],
+        "peak_mem_mib": _memory(devices, util),
         "param_mib": runner.local_param_mib(),
-        "build_s": build_s,
-        "threads": torch.get_num_threads(),
+        "build_s": m["build_s"],
+        "threads": m["threads"],
         "info": info,
     }
 
@@ -175,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         from course_lib.parallel.model import make_batch, reference_logits
         from course_lib.parallel.world import init_world
 
-        world = init_world(timeout_s=plan.get("timeout_s", 120))
+        world = init_world(timeout_s=plan.get("timeout_s", 120), backend=plan.get("backend"))
         if plan.get("fail_rank") == rank:
             raise RuntimeError(f"injected failure on rank {rank} (fail_rank={rank})")
         if plan.get("hang_rank") == rank:  # never reaches the first collective: the others must time out

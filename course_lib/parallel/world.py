@@ -37,7 +37,11 @@ class World:
         return self.device.startswith("cuda")
 
     def sync(self) -> None:
-        """Wait for this rank's device work, then for every rank (a barrier); no-op when alone."""
+        """Wait for this rank's device work, then for every rank (a barrier); no-op when alone.
+
+        On gloo the barrier is ``monitored_barrier``: past ``timeout_s`` it raises an error that
+        names the ranks that never arrived.
+        """
         import torch
 
         if self.is_cuda:
@@ -45,7 +49,10 @@ class World:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.barrier()
+            if dist.get_backend() == "gloo":  # names the ranks that did not arrive when it times out
+                dist.monitored_barrier(timeout=_dt.timedelta(seconds=self.timeout_s), wait_all_ranks=True)
+            else:
+                dist.barrier()
 
 
 def init_world(timeout_s: float = 120.0, backend: str | None = None) -> World:
@@ -60,8 +67,10 @@ def init_world(timeout_s: float = 120.0, backend: str | None = None) -> World:
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    from course_lib import hw
+
     if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if hw.device().startswith("cuda") else "gloo"
     if backend == "nccl":
         if local_rank >= torch.cuda.device_count():
             raise WorldSizeError(
