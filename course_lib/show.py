@@ -68,7 +68,7 @@ def _shown_path(file: str) -> str:
     from course_lib import paths
 
     p = Path(file).resolve()
-    for base in [paths.repo_root(), *(Path(s).resolve() for s in sys.path if "site-packages" in s)]:
+    for base in [*(Path(s).resolve() for s in sys.path if "site-packages" in s), paths.repo_root()]:
         try:
             return str(p.relative_to(base))
         except ValueError:
