@@ -12,25 +12,68 @@ from course_lib import runner
 
 # the metric names each lesson's issue asks for (exact names; lesson 2 records one per strategy that ran)
 REQUIRED_METRICS = {
+    "00_environment": ["l0.matmul_gflops", "l0.sampler_busy_util", "l0.peak_gflops_estimate", "l0.sampler_samples"],
     "01_torchscript_triton": ["l1.cls_accuracy", "l1.ner_f1", "l1.trace_max_abs_diff", "l1.traced_vs_eager_latency_ratio",
                               "l1.triton_batching_speedup"],
-    "02_parallel_inference": ["l2.world_size", "l2.qps.*", "l2.parity_max_abs_diff.*"],
+    "02_parallel_inference": ["l2.world_size", "l2.qps.*", "l2.parity_max_abs_diff.*", "l2.best_microbatches.*"],
     "03_llm_quantization": ["l3.int8_weight_bytes_ratio", "l3.int4_weight_bytes_ratio", "l3.int4g_weight_bytes_ratio"]
     + [f"l3.ppl_{q}_{lang}" for q in ("fp32", "int8", "int4", "int4g") for lang in ("zh", "en")]
     + ["l3.converter_max_abs_diff", "l3.tokens_per_s_fp32", "l3.tokens_per_s_int8", "l3.tokens_per_s_int4"],
-    "04_tvm_autotuning": ["l4.gflops_naive", "l4.gflops_hand", "l4.gflops_numpy", "l4.gflops_best_template",
-                          "l4.gflops_metaschedule", "l4.peak_gflops_estimate", "l4.relax_max_abs_diff",
-                          "l4.relax_vs_torch_latency_ratio"],
+    "04_tvm_autotuning": ["l4.gflops_naive", "l4.gflops_hand", "l4.gflops_numpy", "l4.gflops_torch", "l4.gflops_best_template",
+                          "l4.gflops_metaschedule", "l4.metaschedule_vs_torch", "l4.peak_gflops_estimate",
+                          "l4.relax_max_abs_diff", "l4.relax_vs_torch_latency_ratio"],
     "05_yolov7_ptq": ["l5.map_fp32", "l5.map_int8_max", "l5.map_int8_percentile", "l5.map_int8_mse", "l5.map_int8_entropy",
-                      "l5.map_int8_sensitive", "l5.map_onnx_int8", "l5.ort_int8_speedup_bs1", "l5.ort_int8_speedup_bs8"],
+                      "l5.map_int8_sensitive", "l5.map_onnx_int8", "l5.yolov7_ort_int8_speedup_bs1",
+                      "l5.yolov7_ort_int8_speedup_bs8", "l5.images_selection", "l5.images_test"],
 }
 
+# Reference values of lesson 3's perplexities (cpu profile: 2 windows of 512 tokens per language); any run is
+# within 2 % of them (deterministic up to float summation order).
+L3_PPL = {"fp32_zh": 11.517, "fp32_en": 25.309, "int8_zh": 11.608, "int8_en": 25.354,
+          "int4_zh": 30.396, "int4_en": 53.709, "int4g_zh": 21.303, "int4g_en": 34.990}
 
 # Bands that hold on ANY run of the cpu profile (deterministic figures: parity, accuracy, perplexity, bytes,
-# mAP — never timings). (low, high); None = open. A ``*`` name applies to every metric it matches.
+# mAP — never timings; timings only > 0). (low, high); None = open. A ``*`` name applies to every match.
 BANDS: dict[str, tuple[float | None, float | None]] = {
-    "l0.sampler_busy_util": (50.0, 100.0),
+    "l0.cpu_threads": (1, None),
+    "l0.peak_gflops_estimate": (1e-9, None),
+    "l0.sampler_samples": (1, 51),
+    "l0.sampler_busy_util": (0.0, 100.0),
+    "l0.matmul_gflops": (1e-9, None),
+    "l1.cls_accuracy": (0.98, 1.0),
+    "l1.ner_f1": (0.97, 1.0),
+    "l1.trace_max_abs_diff": (0.0, 1e-4),
+    "l1.traced_vs_eager_latency_ratio": (1e-9, None),
+    "l1.triton_batching_speedup": (1e-9, None),
+    "l2.world_size": (2, 2),
+    "l2.parity_max_abs_diff.*": (0.0, 1e-4),
+    "l2.best_microbatches.*": (1, 4),
+    "l2.qps.*": (1e-9, None),
+    "l3.converter_max_abs_diff": (0.0, 1e-3),
+    "l3.int8_weight_bytes_ratio": (0.502920, 0.502940),
+    "l3.int4_weight_bytes_ratio": (0.252920, 0.252940),
+    "l3.int4g_weight_bytes_ratio": (0.265624, 0.265626),
+    **{f"l3.ppl_{k}": (v * 0.98, v * 1.02) for k, v in L3_PPL.items()},
+    "l3.tokens_per_s_*": (1e-9, None),
+    "l4.relax_max_abs_diff": (0.0, 1e-4),
+    "l4.peak_gflops_estimate": (1e-9, None),
+    "l4.gflops_*": (1e-9, None),
+    "l4.metaschedule_vs_torch": (1e-9, None),
+    "l4.relax_vs_torch_latency_ratio": (1e-9, None),
 }
+
+
+def relations(recorded: dict) -> list[str]:
+    """Orderings a lesson's prose relies on (deterministic): int8 ≈ fp32 < int4 grouped < int4 per row."""
+    v = {k: e["value"] for k, e in recorded.items()}
+    bad = []
+    for lang in ("zh", "en"):
+        names = [f"l3.ppl_{q}_{lang}" for q in ("fp32", "int8", "int4g", "int4")]
+        if all(n in v for n in names):
+            fp, i8, i4g, i4 = (v[n] for n in names)
+            if not (i8 <= 1.02 * fp and fp < i4g < i4):
+                bad.append(f"lesson 3 perplexity order broken ({lang}): fp32 {fp:.3f}, int8 {i8:.3f}, int4g {i4g:.3f}, int4 {i4:.3f}")
+    return bad
 
 
 def out_of_band(recorded: dict) -> list[str]:
@@ -86,7 +129,7 @@ def test_every_lesson_records_its_metrics_within_their_bands(course_run):
     for stem, entry in doc["notebooks"].items():
         got = entry["metrics"]
         problems += [f"{stem}: {m} not recorded" for m in missing_metrics(stem, got)]
-        problems += [f"{stem}: {p}" for p in out_of_band(got)]
+        problems += [f"{stem}: {p}" for p in out_of_band(got) + relations(got)]
     assert not problems, "\n".join(problems)
 
 
@@ -112,10 +155,19 @@ def test_every_solution_passes_its_check(course_run):
 
 def test_required_metric_patterns_select_what_they_should():
     """The patterns are checked against names that must and must not satisfy them (not against themselves)."""
-    assert missing_metrics("02_parallel_inference", ["l2.world_size", "l2.qps.tensor", "l2.parity_max_abs_diff.tensor"]) == []
-    assert missing_metrics("02_parallel_inference", ["l2.world_size"]) == ["l2.qps.*", "l2.parity_max_abs_diff.*"]
-    assert missing_metrics("02_parallel_inference", ["l2.world_size", "l2.qps_tensor", "l2.parity_max_abs_diff.tensor"]) == ["l2.qps.*"]
-    assert missing_metrics("00_environment", []) == REQUIRED_METRICS.get("00_environment", [])
+    full = ["l2.world_size", "l2.qps.tensor", "l2.parity_max_abs_diff.tensor", "l2.best_microbatches.pipeline"]
+    assert missing_metrics("02_parallel_inference", full) == []
+    assert missing_metrics("02_parallel_inference", ["l2.world_size"]) == ["l2.qps.*", "l2.parity_max_abs_diff.*",
+                                                                          "l2.best_microbatches.*"]
+    assert missing_metrics("02_parallel_inference", [n.replace("qps.", "qps_") for n in full]) == ["l2.qps.*"]
+    assert missing_metrics("99_not_a_lesson", []) == []
+
+
+def test_relations_catch_a_broken_perplexity_order():
+    good = {f"l3.ppl_{k}": {"value": v, "unit": ""} for k, v in L3_PPL.items()}
+    assert relations(good) == []
+    swapped = {**good, "l3.ppl_int4g_zh": {"value": 40.0, "unit": ""}}
+    assert relations(swapped) and "order broken (zh)" in relations(swapped)[0]
 
 
 def test_bands_flag_values_outside_and_accept_values_inside():
