@@ -22,7 +22,9 @@ REQUIRED_METRICS = {
                           "l4.gflops_metaschedule", "l4.peak_gflops_estimate", "l4.relax_max_abs_diff",
                           "l4.relax_vs_torch_latency_ratio"],
     "05_yolov7_ptq": ["l5.map_fp32", "l5.map_int8_max", "l5.map_int8_percentile", "l5.map_int8_mse", "l5.map_int8_entropy",
-                      "l5.map_int8_sensitive", "l5.map_onnx_int8", "l5.ort_int8_speedup_bs1", "l5.ort_int8_speedup_bs8"],
+                      "l5.map_int8_sensitive", "l5.map_onnx_int8", "l5.yolov7_ort_int8_speedup_bs1", "l5.yolov7_ort_int8_speedup_bs8",
+                      "l5.course_model_ort_static_int8_speedup_bs1", "l5.course_model_ort_static_int8_speedup_bs8",
+                      "l5.images_selection", "l5.images_test"],
 }
 
 
