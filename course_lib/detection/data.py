@@ -11,9 +11,9 @@ images can live in a cache folder and be regenerated on any machine. ::
 
 Layout (the COCO convention)::
 
-    ROOT/images/{train,val,calib}/000001.png
-    ROOT/annotations/instances_{train,val,calib}.json
-    ROOT/{train,val,calib}.npy                    # the same pixels stacked, for fast loading
+    ROOT/images/{train,val,calib,test}/000001.png
+    ROOT/annotations/instances_{train,val,calib,test}.json
+    ROOT/{train,val,calib,test}.npy               # the same pixels stacked, for fast loading
 """
 
 from __future__ import annotations

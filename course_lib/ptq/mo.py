@@ -7,7 +7,10 @@ model); ``mtq.disable_quantizer`` keeps layers in float; the model exports to ON
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import logging
 import warnings
 from typing import Iterable
 
@@ -29,11 +32,25 @@ CONCEPTS = [
 ]
 
 
+class _DropEnumNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is an Enum subclass" not in record.getMessage()
+
+
 def _mtq():
-    with warnings.catch_warnings():
-        # modelopt's import warns when the installed transformers is newer than it was tested with: lesson 5 uses no HF model
-        warnings.filterwarnings("ignore", message=r"transformers .* is not tested", category=UserWarning)
-        return require("modelopt.torch.quantization", "ModelOpt (nvidia-modelopt)")
+    """Import ``modelopt.torch.quantization``, silencing what that import emits (and only that)."""
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    drop = _DropEnumNotice()
+    pytree_log.addFilter(drop)  # modelopt registers Enum types torch now supports natively: a deprecation notice per Enum
+    try:
+        with warnings.catch_warnings():
+            # modelopt's import warns when the installed transformers is newer than it was tested with: lesson 5 uses no HF model
+            warnings.filterwarnings("ignore", message=r"transformers .* is not tested", category=UserWarning)
+            # modelopt imports tqdm.auto, which warns in a kernel without ipywidgets; lesson 5 shows no modelopt progress bar
+            warnings.filterwarnings("ignore", message="IProgress not found")
+            return require("modelopt.torch.quantization", "ModelOpt (nvidia-modelopt)")
+    finally:
+        pytree_log.removeFilter(drop)
 
 
 def int8_config() -> dict:
@@ -66,13 +83,15 @@ def quantize(model: nn.Module, batches: list[torch.Tensor], method: str = "max",
                 m(x)
 
     if method == "max":
-        return mtq.quantize(model, int8_config(), forward_loop)
+        with contextlib.redirect_stdout(io.StringIO()):  # mtq.quantize prints "Inserted N quantizers"
+            return mtq.quantize(model, int8_config(), forward_loop)
     cfg = int8_config()
     for entry in cfg["quant_cfg"]:
         if entry.get("quantizer_name") == "*input_quantizer":
             entry["cfg"] = dict(entry["cfg"], calibrator="histogram")
     cfg["algorithm"] = None  # insert only; calibrate below
-    model = mtq.quantize(model, cfg, None)
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = mtq.quantize(model, cfg, None)
     from modelopt.torch.quantization.calib import HistogramCalibrator
     from modelopt.torch.quantization.calib import histogram as H
 
