@@ -162,9 +162,11 @@ def progress(iterable=None, **kwargs):
     Executed notebooks (``course run``) are read later as documents: a progress bar there is only
     noise on stderr, so it is disabled; pass ``disable=True`` to turn it off elsewhere too.
     """
-    from tqdm.auto import tqdm
-
     kwargs["disable"] = bool(kwargs.get("disable", False)) or under_runner()
+    if kwargs["disable"]:  # tqdm.auto warns on import in a kernel without ipywidgets; a disabled bar needs none
+        from tqdm.std import tqdm
+    else:
+        from tqdm.auto import tqdm
     return tqdm(iterable, **kwargs)
 
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("pycocotools")
+from conftest import require_extra  # noqa: E402
+
+require_extra("pycocotools", "ptq")
 
 from course_lib.detection import boxes as B  # noqa: E402
 from course_lib.detection import data as D  # noqa: E402
@@ -238,5 +240,69 @@ def test_evaluate_checks_image_count(root):
     imgs, _ = D.load_split(root, "val", n=5)
     with pytest.raises(ValueError, match="subset_coco"):
         E.evaluate(M.build(), imgs, coco)
-    r = E.evaluate(M.build(), imgs, D.subset_coco(coco, 5))  # untrained model: runs, scores ~0
-    assert 0.0 <= r["map"] < 0.05
+    # a "model" that outputs the ground truth as decoded predictions scores exactly 1 through evaluate()
+    _, targets = D.load_split(root, "val", n=5)
+    assert E.evaluate(_oracle(targets, imgs.shape[1]), imgs, D.subset_coco(coco, 5))["map"] == pytest.approx(1.0)
+
+
+def _oracle(targets, size, grow=0.0, nc=len(D.CLASSES)):
+    """A predictor returning each image's ground truth as (B, N, 5+nc) rows [cx, cy, w, h, obj, classes...].
+
+    ``grow`` widens every box by that many pixels on each side (sticking out of the image at the border).
+    """
+    calls = {"i": 0}
+
+    def fn(x):
+        out = torch.zeros(len(x), 8, 5 + nc)
+        for b in range(len(x)):
+            for k, (c, x1, y1, x2, y2) in enumerate(targets[calls["i"] + b].tolist()):
+                x1, y1, x2, y2 = x1 - grow, y1 - grow, x2 + grow, y2 + grow
+                out[b, k, :5] = torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, 1.0])
+                out[b, k, 5 + int(c)] = 1.0
+        calls["i"] += len(x)
+        return out
+
+    return fn
+
+
+def test_predictions_are_clipped_to_the_image(root):
+    imgs, targets = D.load_split(root, "val", n=6)
+    size = imgs.shape[1]
+    dets = E.predict(_oracle(targets, size, grow=200.0), imgs)
+    assert all(len(d) for d in dets)
+    for d in dets:  # every box 200 px larger than the image on each side: clipped to exactly the image
+        assert d[:, :4].min() == 0 and d[:, [0, 2]].max() == size and d[:, [1, 3]].max() == size
+    t = torch.tensor([[-5.0, 3.0, 140.0, 200.0, 0.9, 1.0]])
+    assert E.clip_boxes(t, 128, 130)[0, :4].tolist() == [0.0, 3.0, 130.0, 128.0]
+
+
+def test_cocoeval_summary_table_marks_empty_area_ranges(root):
+    coco = D.load_coco(root, "val")
+    _, targets = D.load_split(root, "val")
+    dets = [torch.tensor([[x1, y1, x2, y2, 1.0, c] for c, x1, y1, x2, y2 in t.tolist()]).reshape(-1, 6) for t in targets]
+    r = E.coco_map(coco, E.to_coco_results(dets))
+    table = E.summary_table(r)
+    assert len(table) == 12 and table.value.iloc[0] == pytest.approx(1.0)
+    large = table[(table.area == "large")]
+    assert (large.value == "no objects of this size").all()  # 128-px images hold no object > 96² px: COCOeval's -1
+
+
+def test_selection_and_test_splits_are_disjoint():
+    sel, _ = D.generate_split("val", 50)
+    test, _ = D.generate_split("test", 50)
+    flat_sel = {im.tobytes() for im in sel}
+    assert not any(im.tobytes() in flat_sel for im in test)
+
+
+def test_load_checkpoint_names_a_foreign_format(tmp_path):
+    from course_lib.detection import train as T
+
+    p = tmp_path / "other.pt"
+    torch.save({"model": {"w": torch.zeros(1)}, "epoch": 3}, p)
+    with pytest.raises(ValueError, match=r"not a course detector checkpoint.*'nc'.*load_official"):
+        T.load_checkpoint(p)
+    torch.save([1, 2], p)
+    with pytest.raises(ValueError, match="not a course detector checkpoint"):
+        T.load_checkpoint(p)
+    with pytest.raises(FileNotFoundError):
+        T.load_checkpoint(tmp_path / "missing.pt")

@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("pytorch_quantization")
-pytest.importorskip("onnxruntime")
+from conftest import require_extra  # noqa: E402
+
+require_extra("pytorch_quantization", "ptq")
+require_extra("onnxruntime", "ptq")
 
 from course_lib.ptq import onnx_utils as OX  # noqa: E402
 from course_lib.ptq import pq  # noqa: E402
@@ -105,6 +107,16 @@ def test_uncalibrated_model_is_refused(tmp_path):
     with pytest.raises(RuntimeError, match="calibrate"):
         OX.export_onnx(q, tmp_path / "x.onnx", img_size=12)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_check_calibrated_reports_one_zero_channel():
+    q = pq.calibrate(pq.quantize_model(toy(), "max"), batches(1), "max")
+    pq.check_calibrated(q)  # calibrated: no error
+    w = q.get_submodule("2")._weight_quantizer  # per-channel amax, one value per output channel
+    assert w._amax.numel() == 8
+    w._amax.data[3] = 0.0  # one all-zero channel (e.g. a filter that is all zeros)
+    with pytest.raises(RuntimeError, match=r"2\._weight_quantizer \(1 of 8 channels\)"):
+        pq.check_calibrated(q)
 
 
 def test_amax_round_trip_on_cpu():
@@ -222,7 +234,7 @@ def test_detector_int8_onnx_matches_torch_map(tmp_path):
 # ---------------------------------------------------------------------------- ModelOpt
 @pytest.mark.slow
 def test_modelopt_quantize_disable_export(tmp_path):
-    pytest.importorskip("modelopt")
+    require_extra("modelopt", "ptq")
     from course_lib.ptq import mo
 
     f = toy()
@@ -244,7 +256,7 @@ def test_modelopt_quantize_disable_export(tmp_path):
 
 @pytest.mark.slow
 def test_modelopt_entropy_calibration_and_ort_static(tmp_path):
-    pytest.importorskip("modelopt")
+    require_extra("modelopt", "ptq")
     from course_lib.ptq import mo
 
     f = toy()
@@ -262,7 +274,7 @@ def test_modelopt_entropy_calibration_and_ort_static(tmp_path):
     pq_ = OX.ort_quantize_static(p, tmp_path / "s.onnx", [b.numpy() for b in batches(size=16)], keep_float=("4",))
     ops = OX.optimized_op_counts(pq_)
     assert ops["QLinearConv"] == 2 and ops["Conv"] == 1
-    with pytest.raises(ValueError, match="could not find"):
+    with pytest.raises(ValueError, match="no Conv node of layer"):
         OX.ort_quantize_static(p, tmp_path / "t.onnx", [b.numpy() for b in batches(size=16)], keep_float=("nope",))
     with pytest.raises(ValueError, match="zero batches"):
         OX.ort_quantize_static(p, tmp_path / "t.onnx", [])

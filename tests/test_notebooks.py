@@ -23,8 +23,9 @@ REQUIRED_METRICS = {
                           "l4.gflops_metaschedule", "l4.metaschedule_vs_torch", "l4.peak_gflops_estimate",
                           "l4.relax_max_abs_diff", "l4.relax_vs_torch_latency_ratio"],
     "05_yolov7_ptq": ["l5.map_fp32", "l5.map_int8_max", "l5.map_int8_percentile", "l5.map_int8_mse", "l5.map_int8_entropy",
-                      "l5.map_int8_sensitive", "l5.map_onnx_int8", "l5.yolov7_ort_int8_speedup_bs1",
-                      "l5.yolov7_ort_int8_speedup_bs8", "l5.images_selection", "l5.images_test"],
+                      "l5.map_int8_sensitive", "l5.map_onnx_int8", "l5.yolov7_ort_int8_speedup_bs1", "l5.yolov7_ort_int8_speedup_bs8",
+                      "l5.course_model_ort_static_int8_speedup_bs1", "l5.course_model_ort_static_int8_speedup_bs8",
+                      "l5.images_selection", "l5.images_test"],
 }
 
 # Reference values of lesson 3's perplexities (cpu profile: 2 windows of 512 tokens per language); any run is
@@ -60,6 +61,17 @@ BANDS: dict[str, tuple[float | None, float | None]] = {
     "l4.gflops_*": (1e-9, None),
     "l4.metaschedule_vs_torch": (1e-9, None),
     "l4.relax_vs_torch_latency_ratio": (1e-9, None),
+    "l5.images_selection": (100, 100),
+    "l5.images_test": (200, 200),
+    "l5.map_fp32": (0.55, 0.65),
+    "l5.map_int8_entropy": (0.55, 1.0),
+    "l5.map_int8_percentile": (0.50, 1.0),
+    "l5.map_int8_mse": (0.40, 1.0),
+    "l5.map_int8_max": (0.0, 0.30),
+    "l5.map_int8_sensitive": (0.55, 1.0),
+    "l5.map_onnx_int8": (0.55, 1.0),
+    "l5.map_ort_static_int8": (0.45, 1.0),
+    "l5.*speedup*": (1e-9, None),
 }
 
 
@@ -73,6 +85,10 @@ def relations(recorded: dict) -> list[str]:
             fp, i8, i4g, i4 = (v[n] for n in names)
             if not (i8 <= 1.02 * fp and fp < i4g < i4):
                 bad.append(f"lesson 3 perplexity order broken ({lang}): fp32 {fp:.3f}, int8 {i8:.3f}, int4g {i4g:.3f}, int4 {i4:.3f}")
+    if all(k in v for k in ("l5.map_fp32", "l5.map_int8_sensitive", "l5.map_onnx_int8")):
+        fp, sens, onnx = v["l5.map_fp32"], v["l5.map_int8_sensitive"], v["l5.map_onnx_int8"]
+        if sens < fp - 0.02 or abs(onnx - sens) > 0.01:
+            bad.append(f"lesson 5: int8 with fallback {sens:.3f} must be within 0.02 of fp32 {fp:.3f} and ONNX {onnx:.3f} within 0.01 of it")
     return bad
 
 

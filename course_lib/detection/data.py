@@ -11,9 +11,9 @@ images can live in a cache folder and be regenerated on any machine. ::
 
 Layout (the COCO convention)::
 
-    ROOT/images/{train,val,calib}/000001.png
-    ROOT/annotations/instances_{train,val,calib}.json
-    ROOT/{train,val,calib}.npy                    # the same pixels stacked, for fast loading
+    ROOT/images/{train,val,calib,test}/000001.png
+    ROOT/annotations/instances_{train,val,calib,test}.json
+    ROOT/{train,val,calib,test}.npy               # the same pixels stacked, for fast loading
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from course_lib import paths
+from course_lib import hw, paths
 
 CLASSES = ("circle", "square", "triangle", "cross", "ring")
-SPLITS = {"train": (2000, 0), "val": (300, 1), "calib": (256, 2)}  # split -> (default size, seed offset)
+# split -> (default size, seed offset). Lesson 5 chooses on "val" (its selection split) and reports on "test".
+SPLITS = {"train": (2000, 0), "val": (300, 1), "calib": (256, 2), "test": (300, 3)}
 IMG_SIZE = 128
 FORMAT_VERSION = 1
 
@@ -163,9 +164,9 @@ def default_root() -> Path:
 
 def build_dataset(root: str | Path | None = None, sizes: dict | None = None, img_size: int = IMG_SIZE,
                   seed: int = 0, write_png: bool = True, force: bool = False) -> Path:
-    """Write the train/val/calib splits (PNG images, stacked .npy, COCO json) under ``root`` once; return root.
+    """Write the train/val/calib/test splits (PNG images, stacked .npy, COCO json) under ``root`` once; return root.
 
-    ``sizes`` picks the splits and their number of images (default: all three at their default sizes; e.g.
+    ``sizes`` picks the splits and their number of images (default: all of them at their default sizes; e.g.
     ``{"val": 300, "calib": 256}`` skips the training split). A split is regenerated when
     its files are missing, when its recorded parameters differ, or when ``force`` is set.
     """
@@ -199,7 +200,7 @@ def build_dataset(root: str | Path | None = None, sizes: dict | None = None, img
 
 def load_coco(root: str | Path, split: str):
     """The split's annotations as a pycocotools ``COCO`` object (clear error if the file is empty or absent)."""
-    from pycocotools.coco import COCO
+    COCO = hw.require("pycocotools.coco", "ptq", what="COCO annotations").COCO
     import contextlib
     import io
 
@@ -248,7 +249,7 @@ def load_split(root: str | Path, split: str, n: int | None = None):
 
 def subset_coco(coco, n: int):
     """A new pycocotools COCO holding only the first ``n`` images (ids 1..n) of ``coco`` — for small eval sets."""
-    from pycocotools.coco import COCO
+    COCO = hw.require("pycocotools.coco", "ptq", what="COCO annotations").COCO
     import contextlib
     import io
 

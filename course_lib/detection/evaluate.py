@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from course_lib import hw
 from course_lib.detection.boxes import non_max_suppression
 from course_lib.detection.data import to_tensor
 
@@ -21,7 +22,7 @@ from course_lib.detection.data import to_tensor
 @torch.no_grad()
 def predict(fn: Callable, images: np.ndarray, batch_size: int = 32, conf_thres: float = 0.001,
             iou_thres: float = 0.65, max_det: int = 100) -> list[torch.Tensor]:
-    """Detections per image, each (k, 6) [x1, y1, x2, y2, score, cls], for uint8 images (N, H, W, 3)."""
+    """Detections per image, each (k, 6) [x1, y1, x2, y2, score, cls] clipped to the image, for uint8 images (N, H, W, 3)."""
     if isinstance(fn, torch.nn.Module):
         fn.eval()
     out: list[torch.Tensor] = []
@@ -30,8 +31,19 @@ def predict(fn: Callable, images: np.ndarray, batch_size: int = 32, conf_thres: 
         pred = fn(x)
         if isinstance(pred, (list, tuple)):
             raise ValueError("the model returned raw training maps; call model.eval() first")
-        out += non_max_suppression(torch.as_tensor(pred), conf_thres, iou_thres, max_det)
+        out += [clip_boxes(d, x.shape[-2], x.shape[-1])
+                for d in non_max_suppression(torch.as_tensor(pred), conf_thres, iou_thres, max_det)]
     return out
+
+
+def clip_boxes(det: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Clip [x1, y1, x2, y2, ...] boxes to the image (in place), as YOLOv7's ``test.py`` does before COCOeval.
+
+    A box that sticks out of the image cannot match a ground-truth box there as well as its visible part does.
+    """
+    det[:, [0, 2]] = det[:, [0, 2]].clamp(0, width)
+    det[:, [1, 3]] = det[:, [1, 3]].clamp(0, height)
+    return det
 
 
 def to_coco_results(dets: list[torch.Tensor], image_ids: list[int] | None = None) -> list[dict]:
@@ -50,7 +62,7 @@ def coco_map(coco_gt, results: list[dict], verbose: bool = False) -> dict:
 
     An empty result list scores 0 (pycocotools cannot load an empty list).
     """
-    from pycocotools.cocoeval import COCOeval
+    COCOeval = hw.require("pycocotools.cocoeval", "ptq", what="COCO mAP").COCOeval
 
     if not results:
         return {"map": 0.0, "map50": 0.0, "map75": 0.0, "stats": [0.0] * 12}
@@ -66,6 +78,26 @@ def coco_map(coco_gt, results: list[dict], verbose: bool = False) -> dict:
         print(buf.getvalue())
     s = [float(v) for v in ev.stats]
     return {"map": s[0], "map50": s[1], "map75": s[2], "stats": s}
+
+
+STAT_NAMES = [("AP", "0.50:0.95", "all", 100), ("AP", "0.50", "all", 100), ("AP", "0.75", "all", 100),
+              ("AP", "0.50:0.95", "small", 100), ("AP", "0.50:0.95", "medium", 100), ("AP", "0.50:0.95", "large", 100),
+              ("AR", "0.50:0.95", "all", 1), ("AR", "0.50:0.95", "all", 10), ("AR", "0.50:0.95", "all", 100),
+              ("AR", "0.50:0.95", "small", 100), ("AR", "0.50:0.95", "medium", 100), ("AR", "0.50:0.95", "large", 100)]
+
+
+def summary_table(result: dict):
+    """COCOeval's 12 summary numbers as a small DataFrame (metric, IoU, area, max dets, value).
+
+    COCOeval prints -1 for an area range with no ground-truth object (COCO's "large" is > 96² px, so none
+    exists in 128×128 images); the table shows those as "no objects" instead of a number.
+    """
+    import pandas as pd
+
+    rows = [{"metric": m, "IoU": iou, "area": area, "max dets": md,
+             "value": "no objects of this size" if v == -1 else round(v, 4)}
+            for (m, iou, area, md), v in zip(STAT_NAMES, result["stats"])]
+    return pd.DataFrame(rows)
 
 
 def evaluate(fn: Callable, images: np.ndarray, coco_gt, batch_size: int = 32, verbose: bool = False, **nms_kw) -> dict:

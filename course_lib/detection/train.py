@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from course_lib import paths
+from course_lib import hw, paths
 from course_lib.detection import data as D
 from course_lib.detection.loss import YoloLoss
 from course_lib.detection.model import SHAPES_ANCHORS, YOLOv7, build
 
 CHECKPOINT = "yolov7_tiny_shapes.pt"
+CHECKPOINT_KEYS = ("state_dict", "nc", "width", "elan_depth", "anchors", "img_size")  # what save_checkpoint writes
 
 
 def checkpoint_path() -> Path:
@@ -46,8 +47,6 @@ def targets_to_tensor(targets: list[np.ndarray], img_size: int, flip: np.ndarray
 def train(model: YOLOv7 | None = None, root=None, epochs: int = 30, batch_size: int = 32, lr: float = 2e-3,
           n_train: int | None = None, seed: int = 0, progress: bool = True, log_every: int = 0) -> YOLOv7:
     """Train ``model`` (default: a fresh tiny YOLOv7) on the shapes train split with AdamW + cosine LR, h-flips."""
-    from tqdm.auto import tqdm
-
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     root = D.build_dataset(root, sizes={"train": n_train or D.SPLITS["train"][0]}) if root is None else Path(root)
@@ -64,7 +63,7 @@ def train(model: YOLOv7 | None = None, root=None, epochs: int = 30, batch_size: 
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
     model.train()
-    bar = tqdm(total=total, desc="train", disable=not progress)
+    bar = hw.progress(total=total, desc="train", disable=not progress)
     step, t0 = 0, time.time()
     for epoch in range(epochs):
         order = rng.permutation(len(images))
@@ -108,6 +107,13 @@ def load_checkpoint(path: str | Path | None = None) -> YOLOv7:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} not found; train one with course_lib.detection.train.train()")
     ck = torch.load(path, map_location="cpu", weights_only=True)
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ck, dict) or k not in ck]
+    if missing:
+        have = sorted(ck)[:6] if isinstance(ck, dict) else type(ck).__name__
+        hint = (" — it looks like an official YOLOv7 checkpoint: load it with "
+                "course_lib.detection.official.load_official()" if isinstance(ck, dict) and "model" in ck else "")
+        raise ValueError(f"{path} is not a course detector checkpoint written by save_checkpoint(): it lacks "
+                         f"{missing} (it has {have}){hint}")
     model = YOLOv7(nc=ck["nc"], size=Size(ck["width"], ck["elan_depth"]),
                    anchors=tuple(tuple(a) for a in ck["anchors"]), img_size=ck["img_size"])
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()})

@@ -6,13 +6,9 @@ onnxruntime), :mod:`.mo` (the same with NVIDIA ModelOpt). All need the ``ptq`` e
 ``pip install -e '.[ptq]'``.
 """
 
+from course_lib import hw
 
-def require(module: str, package: str | None = None, install: str | None = None):
-    """Import ``module`` or raise ImportError saying how to install it (default: the ``ptq`` extra)."""
-    import importlib
 
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        how = f"install it: {install}" if install else "install the extra: pip install -e '.[ptq]'"
-        raise ImportError(f"{module} is needed for lesson 5 ({package or module}); {how}") from e
+def require(module: str, what: str | None = None, install: str | None = None):
+    """:func:`course_lib.hw.require` with lesson 5's extra (``ptq``): import ``module`` or say how to install it."""
+    return hw.require(module, "ptq", what=what, install=install)

@@ -7,15 +7,19 @@ model); ``mtq.disable_quantizer`` keeps layers in float; the model exports to ON
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import logging
+import warnings
 from typing import Iterable
 
 import torch
 from torch import nn
 
-from course_lib.ptq import require
+from course_lib.ptq import pq, require
 
-# old (pytorch-quantization 2.1.3) -> new (ModelOpt) — shown as a table in the notebook
+# old (pytorch-quantization 2.1.3) -> new (ModelOpt): shown as a table in section 9 of the notebook
 CONCEPTS = [
     ("quant_modules.initialize() (monkey-patch torch.nn before building)", "mtq.quantize(model, cfg, forward_loop) (convert an existing model)"),
     ("QuantDescriptor(num_bits=8, axis=(0,), calib_method=...)", 'config dict: {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}}'),
@@ -28,8 +32,25 @@ CONCEPTS = [
 ]
 
 
+class _DropEnumNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is an Enum subclass" not in record.getMessage()
+
+
 def _mtq():
-    return require("modelopt.torch.quantization", "nvidia-modelopt")
+    """Import ``modelopt.torch.quantization``, silencing what that import emits (and only that)."""
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    drop = _DropEnumNotice()
+    pytree_log.addFilter(drop)  # modelopt registers Enum types torch now supports natively: a deprecation notice per Enum
+    try:
+        with warnings.catch_warnings():
+            # modelopt's import warns when the installed transformers is newer than it was tested with: lesson 5 uses no HF model
+            warnings.filterwarnings("ignore", message=r"transformers .* is not tested", category=UserWarning)
+            # modelopt imports tqdm.auto, which warns in a kernel without ipywidgets; lesson 5 shows no modelopt progress bar
+            warnings.filterwarnings("ignore", message="IProgress not found")
+            return require("modelopt.torch.quantization", "ModelOpt (nvidia-modelopt)")
+    finally:
+        pytree_log.removeFilter(drop)
 
 
 def int8_config() -> dict:
@@ -44,7 +65,8 @@ def quantize(model: nn.Module, batches: list[torch.Tensor], method: str = "max",
     ``method="max"``: ``mtq.quantize(copy, INT8 config, forward_loop)`` — one call. ``"percentile"`` /
     ``"entropy"``: histogram calibrators on the inputs; ModelOpt 0.47 cannot finish those from the config
     (``compute_amax() missing 'method'``), so the quantizers are inserted with ``algorithm=None``, statistics
-    collected with the calibrators on, and ``load_calib_amax(method)`` called per quantizer. Entropy uses
+    collected with the calibrators on, and ``load_calib_amax(method)`` called per quantizer. Statistics are
+    collected with :func:`course_lib.ptq.pq.collect_stats` (the same loop for both libraries); entropy uses
     :func:`course_lib.ptq.pq.entropy_amax_fast` (same result as ModelOpt's loop, much faster on CPU).
     """
     mtq = _mtq()
@@ -61,36 +83,27 @@ def quantize(model: nn.Module, batches: list[torch.Tensor], method: str = "max",
                 m(x)
 
     if method == "max":
-        return mtq.quantize(model, int8_config(), forward_loop)
+        with contextlib.redirect_stdout(io.StringIO()):  # mtq.quantize prints "Inserted N quantizers"
+            return mtq.quantize(model, int8_config(), forward_loop)
     cfg = int8_config()
     for entry in cfg["quant_cfg"]:
         if entry.get("quantizer_name") == "*input_quantizer":
             entry["cfg"] = dict(entry["cfg"], calibrator="histogram")
     cfg["algorithm"] = None  # insert only; calibrate below
-    model = mtq.quantize(model, cfg, None)
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = mtq.quantize(model, cfg, None)
     from modelopt.torch.quantization.calib import HistogramCalibrator
     from modelopt.torch.quantization.calib import histogram as H
 
-    from course_lib.ptq.pq import entropy_amax_fast
-
-    tqs = [m for _, m in model.named_modules() if type(m).__name__ == "TensorQuantizer" and m.is_enabled]
-    for q in tqs:
-        q.disable_quant()
-        q.enable_calib()
-    forward_loop(model)
-    original = H._compute_amax_entropy
-    H._compute_amax_entropy = entropy_amax_fast
-    try:
-        for q in tqs:
+    tqs = {n: m for n, m in model.named_modules() if type(m).__name__ == "TensorQuantizer" and m.is_enabled}
+    pq.collect_stats(model, batches, tensor_quantizers=tqs)  # same loop as pytorch-quantization's
+    with pq.fast_entropy(H):
+        for q in tqs.values():
             if isinstance(q._calibrator, HistogramCalibrator):
                 kw = {"percentile": percentile} if method == "percentile" else {"stride": stride}
                 q.load_calib_amax(method, **kw)
             else:
                 q.load_calib_amax()
-            q.enable_quant()
-            q.disable_calib()
-    finally:
-        H._compute_amax_entropy = original
     return model
 
 

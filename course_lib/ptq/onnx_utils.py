@@ -8,8 +8,13 @@ for per-channel axes). TensorRT — and onnxruntime — read those pairs as "run
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import warnings
 from collections import Counter
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -35,10 +40,7 @@ def export_onnx(model: nn.Module, path: str | Path, img_size: int = 128, batch: 
     kw = dict(input_names=["images"], output_names=["output"], opset_version=opset, dynamo=False, do_constant_folding=True)
     if dynamic_batch:
         kw["dynamic_axes"] = {"images": {0: "batch"}, "output": {0: "batch"}}
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _export_warnings_filtered():
         if has_q:
             with pq.fb_fake_quant(True):
                 torch.onnx.export(model, (x,), str(path), **kw)
@@ -47,10 +49,37 @@ def export_onnx(model: nn.Module, path: str | Path, img_size: int = 128, batch: 
     return path
 
 
+@contextlib.contextmanager
+def _export_warnings_filtered():
+    """Filter the three warnings ``torch.onnx.export(dynamo=False)`` emits on every call, for that call only.
+
+    TracerWarning: the tracer reads pytorch-quantization's Python-side amax checks (harmless: amax is fixed after
+    calibration); DeprecationWarning from ``torch.onnx`` / ``torch.jit``: the TorchScript exporter is the legacy
+    path, chosen on purpose because the dynamo exporter cannot export the fake-quant ops.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.(onnx|jit)")
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        yield
+
+
 def op_counts(path: str | Path) -> Counter:
     """How many nodes of each op type the ONNX graph has (e.g. ``QuantizeLinear``, ``Conv``)."""
     onnx = require("onnx")
     return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+def initializer_bytes(path: str | Path) -> dict[str, int]:
+    """Bytes of the graph's initializers (weights, biases, stored constants) per ONNX data type, e.g. ``{"FLOAT": …}``."""
+    onnx = require("onnx")
+    from onnx import numpy_helper
+
+    out: dict[str, int] = {}
+    for t in onnx.load(str(path)).graph.initializer:
+        name = onnx.TensorProto.DataType.Name(t.data_type)
+        out[name] = out.get(name, 0) + int(numpy_helper.to_array(t).nbytes)
+    return out
 
 
 def count_qdq(path: str | Path) -> int:
@@ -102,18 +131,86 @@ def node_module_name(node_name: str) -> str:
     return ".".join(parts[:-1])
 
 
+ACTIVATION_OPS = ("Sigmoid", "Mul", "Relu", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish", "Tanh")
+
+
+def float_nodes(graph, keep_float: Iterable[str] = (), float_modules: Iterable[str] = ()) -> list[str]:
+    """ONNX node names ``quantize_static`` must leave in float so that the named layers really stay float.
+
+    Excluding only the ``Conv`` node is not enough: its output still feeds the (quantized) SiLU, so the
+    quantizer puts a ``QuantizeLinear`` on it, and at load time onnxruntime's ``WeightBiasQuantization``
+    optimizer turns ``DQ → Conv(float weight) → Q`` into a ``QLinearConv`` with per-tensor int8 weights it
+    quantizes itself. So each kept conv is excluded *with the activation ops fed only by it* (SiLU's
+    ``Sigmoid`` and ``Mul``); ``float_modules`` (e.g. the detection head) are excluded node by node.
+    """
+    nodes = list(graph.node)
+    produced = {o for n in nodes for o in n.output}
+    exclude: list[str] = []
+    for layer in keep_float:
+        convs = [n for n in nodes if n.op_type == "Conv" and node_module_name(n.name) == layer]
+        if not convs:
+            raise ValueError(f"no Conv node of layer {layer!r} in the ONNX graph (names look like "
+                             f"{node_module_name(next(n.name for n in nodes if n.op_type == 'Conv'))!r})")
+        exclude.append(convs[0].name)
+        outs = set(convs[0].output)
+        grown = True
+        while grown:  # follow the activation chain: Sigmoid(x), then Mul(x, Sigmoid(x))
+            grown = False
+            for n in nodes:
+                if (n.op_type in ACTIVATION_OPS and n.name not in exclude and any(i in outs for i in n.input)
+                        and all(i in outs or i not in produced for i in n.input)):
+                    exclude.append(n.name)
+                    outs |= set(n.output)
+                    grown = True
+    for mod in float_modules:
+        under = [n.name for n in nodes if (node_module_name(n.name) + ".").startswith(mod + ".")]
+        if not under:
+            raise ValueError(f"no ONNX node belongs to module {mod!r}")
+        exclude += [n for n in under if n not in exclude]
+    return exclude
+
+
+class _DropLogRecords(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_quantize_static():
+    """Silence what ``quantize_static`` prints, for that call only: its histogram calibrators' progress on
+    stdout, and its root-logger advice to run ``quant_pre_process`` (we quantize an already-optimized export)."""
+    drop = _DropLogRecords("pre-processing")
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.removeFilter(drop)
+
+
+ORT_CALIB_METHOD = "percentile"  # the one default for onnxruntime's calibrator (see ort_quantize_static)
+
+
 def ort_quantize_static(fp32_path: str | Path, out_path: str | Path, batches, keep_float: tuple[str, ...] = (),
-                        per_channel: bool = True, method: str = "percentile", float_modules: tuple[str, ...] = ()) -> Path:
+                        per_channel: bool = True, method: str = ORT_CALIB_METHOD,
+                        float_modules: tuple[str, ...] = ()) -> Path:
     """onnxruntime's own PTQ of an fp32 ONNX: Q/DQ around *every* supported op (u8 activations, s8 weights).
 
     That placement (a Q after each op's output as well) is what onnxruntime's CPU int8 kernels
-    (``QLinearConv`` …) need; ``keep_float`` lists torch module names whose convs stay float;
-    ``float_modules`` lists torch module names *all* of whose nodes stay float (e.g. the detection head:
-    its 1×1 convs produce the logits and its tail decodes boxes in pixels, where 8 bits cost accuracy);
-    ``method`` is onnxruntime's calibrator: "minmax", "percentile" or "entropy".
+    (``QLinearConv`` …) need; ``keep_float`` lists torch module names whose convs (and their activations)
+    stay float; ``float_modules`` lists torch module names *all* of whose nodes stay float (e.g. the
+    detection head: its 1×1 convs produce the logits and its tail decodes boxes in pixels, where 8 bits cost
+    accuracy) — see :func:`float_nodes`. ``method`` is onnxruntime's calibrator: "minmax", "percentile" or
+    "entropy"; the default, percentile (99.999), clips the rare outliers that make min/max scales coarse —
+    the same reason the lesson's pytorch-quantization calibration prefers a histogram method over max.
     """
+    onnx = require("onnx")
     require("onnxruntime")
-    import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
@@ -132,23 +229,8 @@ def ort_quantize_static(fp32_path: str | Path, out_path: str | Path, batches, ke
         def get_next(self):
             return next(self.it, None)
 
-    keep = set(keep_float)
-    nodes = onnx.load(str(fp32_path)).graph.node
-    exclude = [n.name for n in nodes if n.op_type == "Conv" and node_module_name(n.name) in keep]
-    if len(exclude) != len(keep):
-        raise ValueError(f"could not find every layer of {sorted(keep)} in the ONNX graph")
-    for mod in float_modules:
-        under = [n.name for n in nodes if (node_module_name(n.name) + ".").startswith(mod + ".")]
-        if not under:
-            raise ValueError(f"no ONNX node belongs to module {mod!r}")
-        exclude += [n for n in under if n not in exclude]
-    import logging
-
-    logging.getLogger().setLevel(logging.ERROR)
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
+    exclude = float_nodes(onnx.load(str(fp32_path)).graph, keep_float, float_modules)
+    with _quiet_quantize_static():
         quantize_static(str(fp32_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                         calibrate_method=methods[method])

@@ -29,7 +29,7 @@ METHODS = ("max", "percentile", "mse", "entropy")
 
 
 def _pq():
-    return require("pytorch_quantization", "pytorch-quantization==2.1.3")
+    return require("pytorch_quantization", "pytorch-quantization 2.1.3")
 
 
 def _quant_nn():
@@ -197,22 +197,30 @@ def entropy_amax_fast(calib_hist, calib_bin_edges, num_bits: int = 8, unsigned: 
 
 
 @contextlib.contextmanager
-def fast_entropy():
-    """Inside this block the library's entropy calibration uses :func:`entropy_amax_fast` (same result, faster)."""
-    _pq()
-    from pytorch_quantization.calib import histogram as H
+def fast_entropy(histogram_module=None):
+    """Inside this block the library's entropy calibration uses :func:`entropy_amax_fast` (same result, faster).
 
-    original = H._compute_amax_entropy
-    H._compute_amax_entropy = entropy_amax_fast
+    ``histogram_module`` is the module holding ``_compute_amax_entropy`` (default: pytorch-quantization's
+    ``calib.histogram``; ModelOpt's ``modelopt.torch.quantization.calib.histogram`` has the same function).
+    """
+    if histogram_module is None:
+        _pq()
+        from pytorch_quantization.calib import histogram as histogram_module
+    original = histogram_module._compute_amax_entropy
+    histogram_module._compute_amax_entropy = entropy_amax_fast
     try:
         yield
     finally:
-        H._compute_amax_entropy = original
+        histogram_module._compute_amax_entropy = original
 
 
-def collect_stats(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
-    """Feed float ``batches`` with quantization off and calibrators on; return the number of batches seen."""
-    qs = quantizers(model)
+def collect_stats(model: nn.Module, batches: Iterable[torch.Tensor], tensor_quantizers: dict | None = None) -> int:
+    """Feed float ``batches`` with quantization off and calibrators on; return the number of batches seen.
+
+    ``tensor_quantizers`` ({name: TensorQuantizer}) defaults to the model's pytorch-quantization quantizers;
+    ModelOpt's quantizers have the same ``disable_quant / enable_calib`` switches, so :mod:`.mo` passes its own.
+    """
+    qs = quantizers(model) if tensor_quantizers is None else dict(tensor_quantizers)
     if not qs:
         raise ValueError("the model has no TensorQuantizer: insert Q/DQ first (quantize_model or auto_quantized)")
     for q in qs.values():
@@ -285,7 +293,11 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], method: str = "
 
 
 def check_calibrated(model: nn.Module) -> None:
-    """Raise RuntimeError if an enabled quantizer has no ``amax`` (not calibrated) or a zero/NaN amax."""
+    """Raise RuntimeError if an enabled quantizer has no ``amax`` (not calibrated), or a zero/NaN amax on any channel.
+
+    A per-channel weight quantizer with amax 0 on one output channel (an all-zero filter, or a channel the
+    data never reached) would divide by zero in that channel only, so one zero channel is reported too.
+    """
     bad, zero = [], []
     for name, q in quantizers(model).items():
         if q._disabled:
@@ -293,14 +305,17 @@ def check_calibrated(model: nn.Module) -> None:
         amax = getattr(q, "_amax", None)
         if amax is None:
             bad.append(name)
-        elif not torch.isfinite(amax).all() or (amax <= 0).all():
-            zero.append(name)
+            continue
+        n_bad = int((~torch.isfinite(amax) | (amax <= 0)).sum())
+        if n_bad:
+            where = "" if amax.numel() == 1 else f" ({n_bad} of {amax.numel()} channels)"
+            zero.append(f"{name}{where}")
     if bad:
         raise RuntimeError(f"{len(bad)} quantizers have no amax (e.g. {bad[0]}): calibrate the model before "
                            "evaluating or exporting it (pq.calibrate(model, batches))")
     if zero:
         raise RuntimeError(f"{len(zero)} quantizers have a zero or NaN amax (e.g. {zero[0]}): the calibration data "
-                           "did not reach them")
+                           "did not reach them, or a weight channel is all zero")
 
 
 def amax_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -30,7 +30,8 @@ def sensitivity(model: nn.Module, score_fn: Callable[[nn.Module], float], layers
     The model's quantizers are restored (all enabled) afterwards.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
+
+    from course_lib import hw
 
     all_layers = list(pq.quant_layers(model))
     layers = all_layers if layers is None else list(layers)
@@ -40,7 +41,7 @@ def sensitivity(model: nn.Module, score_fn: Callable[[nn.Module], float], layers
         pq.only_layers_quantized(model, [])
         base = score_fn(model)
         rows = []
-        for name in tqdm(layers, desc="sensitivity", disable=not progress):
+        for name in hw.progress(layers, desc="sensitivity", disable=not progress):
             pq.only_layers_quantized(model, [name])
             s = score_fn(model)
             rows.append({"layer": name, "score": s, "drop": base - s})

@@ -104,11 +104,12 @@ def conv_stats(model: nn.Module, img_size: int) -> dict:
 
 def export_variants(fused: nn.Module, calib: Sequence[torch.Tensor], out_dir: str | Path, stem: str, img_size: int,
                     keep_float: Iterable[str] = (), float_modules: Iterable[str] = (),
-                    ort_method: str = "minmax") -> dict[str, Path]:
+                    ort_method: str = OX.ORT_CALIB_METHOD) -> dict[str, Path]:
     """Three ONNX files of one fused model: fp32, pytorch-quantization Q/DQ and onnxruntime static Q/DQ.
 
     The pytorch-quantization file uses max calibration (per-channel weights, per-tensor inputs); the
-    onnxruntime file uses ``quantize_static`` with ``ort_method``. ``keep_float`` convs stay float in both;
+    onnxruntime file uses ``quantize_static`` with ``ort_method`` (the same default as
+    :func:`~course_lib.ptq.onnx_utils.ort_quantize_static`). ``keep_float`` convs stay float in both;
     ``float_modules`` (e.g. the detection head) stay float in the onnxruntime file, whose placement would
     otherwise quantize the box-decoding tail too. ``calib`` is resized to ``img_size``.
     """
@@ -129,7 +130,9 @@ def benchmark_onnx(paths: dict[str, Path], image: np.ndarray | torch.Tensor, bat
     """Time each ONNX file on onnxruntime's CPU EP at each batch size (``image`` repeated).
 
     Returns a DataFrame (one row per file × batch) with the ``bench`` columns plus ``variant``, ``batch``,
-    ``speedup`` (fp32 median / this median at the same batch; needs an ``"fp32"`` entry) and the number of
+    ``speedup`` (fp32 median / this median at the same batch; needs an ``"fp32"`` entry), its spread
+    ``speedup lo`` / ``speedup hi`` (fp32 min / this p90, fp32 p90 / this min: when the interval contains 1,
+    the direction can flip from run to run) and the number of
     integer (``QLinearConv``) and float (``Conv``) convolutions in the graph onnxruntime actually runs.
     """
     if FP32 not in paths:
@@ -152,9 +155,23 @@ def benchmark_onnx(paths: dict[str, Path], image: np.ndarray | torch.Tensor, bat
     df = bench.to_frame(rows)
     base = df[df.variant == FP32].set_index("batch")["median_ms"]
     df["speedup"] = [base[b] / m for b, m in zip(df.batch, df.median_ms)]
+    # the spread of that ratio: fp32's fastest over this file's p90, fp32's p90 over this file's fastest
+    fmin = df[df.variant == FP32].set_index("batch")["min_ms"]
+    fp90 = df[df.variant == FP32].set_index("batch")["p90_ms"]
+    df["speedup lo"] = [fmin[b] / p for b, p in zip(df.batch, df.p90_ms)]
+    df["speedup hi"] = [fp90[b] / m for b, m in zip(df.batch, df.min_ms)]
     df["int8 convs"] = [convs[v]["QLinearConv"] for v in df.variant]
     df["float convs"] = [convs[v]["Conv"] for v in df.variant]
     return df
+
+
+def verdict(lo: float, hi: float) -> str:
+    """Words for a speed-up whose spread is [lo, hi]: faster / slower in every timed run, or within the noise."""
+    if lo > 1:
+        return "faster"
+    if hi < 1:
+        return "slower"
+    return "within the timing noise (the direction can flip from run to run)"
 
 
 def speedups(df, variant: str = ORT_QDQ) -> dict[int, float]:
