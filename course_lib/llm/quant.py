@@ -135,6 +135,15 @@ class QLinear(nn.Module):
         self.register_buffer("scale", scale)
         self.register_buffer("weight", q if bits == 8 else pack_int4(q))
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.kernel, self._kernel_impl = "reference", None
+
+    def set_kernel(self, kernel: str = "reference", threads: int | None = None) -> "QLinear":
+        """Choose the forward kernel: 'reference' (dequantise, then matmul) or 'fast' (see course_lib.llm.kernels)."""
+        from course_lib.llm.kernels import make_kernel
+
+        self._kernel_impl = make_kernel(self, kernel, threads)  # ValueError for an unsupported kernel/format
+        self.kernel = kernel
+        return self
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, bits: int, group_size: int | None = None) -> "QLinear":
@@ -163,6 +172,8 @@ class QLinear(nn.Module):
             raise TypeError(f"QLinear input must be a float tensor, got {getattr(x, 'dtype', type(x).__name__)}")
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input has {x.shape[-1]} features, layer expects {self.in_features}")
+        if self._kernel_impl is not None:
+            return self._kernel_impl(x)
         return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def nbytes(self) -> int:
@@ -172,7 +183,8 @@ class QLinear(nn.Module):
 
     def extra_repr(self) -> str:
         g = f", group_size={self.group_size}" if self.group_size else ""
-        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}{g}"
+        k = f", kernel={self.kernel}" if self.kernel != "reference" else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}{g}{k}"
 
 
 def _target_modules(model) -> list[tuple[nn.Module, str, nn.Module]]:
@@ -186,9 +198,17 @@ def _target_modules(model) -> list[tuple[nn.Module, str, nn.Module]]:
 
 
 @torch.no_grad()
-def quantize_model(model, bits: int, group_size: int | None = None):
-    """Replace W_pack, o_proj, gate/up/down_proj in every layer by QLinear; returns the model (notebook 03)."""
+def quantize_model(model, bits: int, group_size: int | None = None, kernel: str = "reference",
+                   lm_head: bool = False):
+    """Replace W_pack, o_proj, gate/up/down_proj in every layer by QLinear; returns the model (notebook 03).
+
+    ``kernel``: 'reference' (the seed's dequantise-then-matmul) or 'fast' (course_lib.llm.kernels);
+    ``lm_head=True`` also quantizes the (tied) LM head; the embedding table keeps the float weight.
+    """
+    from course_lib.llm import kernels
+
     bits = _check_bits(bits)
+    kernels.check_kernel(kernel, bits, group_size, model)  # before any change: no half-quantized model
     if getattr(model, "quantized_bits", None):
         raise RuntimeError(
             f"model is already quantized (int{model.quantized_bits}); quantizing twice would compound the "
@@ -197,7 +217,9 @@ def quantize_model(model, bits: int, group_size: int | None = None):
     for parent, attr, lin in _target_modules(model):
         if not isinstance(lin, nn.Linear):
             raise RuntimeError(f"{attr} is {type(lin).__name__}, expected nn.Linear")
-        setattr(parent, attr, QLinear.from_linear(lin, bits, group_size=group_size))
+        setattr(parent, attr, QLinear.from_linear(lin, bits, group_size=group_size).set_kernel(kernel))
+    if lm_head:
+        model.lm_head = QLinear.from_linear(model.lm_head, bits, group_size=group_size).set_kernel(kernel)
     model.quantized_bits = bits
     model.quantized_group_size = group_size
     return model
