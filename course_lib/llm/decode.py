@@ -24,7 +24,7 @@ class Variant:
     bits: int | None = None
     group_size: int | None = None
     kernel: str = "reference"
-    lm_head: bool = False
+    lm_head: bool | int = False  # True: the head in the same format; 8: the head in int8 per-row
 
     def build(self, fp_model):
         """A quantized copy of ``fp_model`` (the float model itself for bits=None)."""
@@ -41,6 +41,7 @@ OURS = {
     "int4g fast": Variant("int4g fast", 4, 64, "fast"),
     "int8 fast + head": Variant("int8 fast + head", 8, None, "fast", lm_head=True),
     "int4g fast + head": Variant("int4g fast + head", 4, 64, "fast", lm_head=True),
+    "int4g fast + int8 head": Variant("int4g fast + int8 head", 4, 64, "fast", lm_head=8),
 }
 LLAMA_CPP = ("F32", "Q8_0", "Q4_1")
 

@@ -21,9 +21,17 @@ INSTALL = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FM
 FTYPES = {"F32": 0, "F16": 1, "Q4_1": 3, "Q8_0": 7}  # llama_ftype values of llama.cpp
 
 
+_QUIET = None
+
+
 def require_llama_cpp():
-    """The ``llama_cpp`` module, or hw.MissingDependency naming the (non-native) build command."""
-    return hw.require("llama_cpp", what="llama.cpp's Python binding", install=INSTALL)
+    """The ``llama_cpp`` module (its C-level log silenced), or hw.MissingDependency naming the build command."""
+    global _QUIET
+    llama_cpp = hw.require("llama_cpp", what="llama.cpp's Python binding", install=INSTALL)
+    if _QUIET is None:  # llama_model_quantize logs every tensor to stderr from C: route llama.cpp's log to nowhere
+        _QUIET = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+        llama_cpp.llama_log_set(_QUIET, ctypes.c_void_p())
+    return llama_cpp
 
 
 def gguf_for(fmt: str = "Q4_1") -> Path:

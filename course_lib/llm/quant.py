@@ -203,7 +203,8 @@ def quantize_model(model, bits: int, group_size: int | None = None, kernel: str 
     """Replace W_pack, o_proj, gate/up/down_proj in every layer by QLinear; returns the model (notebook 03).
 
     ``kernel``: 'reference' (the seed's dequantise-then-matmul) or 'fast' (course_lib.llm.kernels);
-    ``lm_head=True`` also quantizes the (tied) LM head; the embedding table keeps the float weight.
+    ``lm_head=True`` also quantizes the (tied) LM head with the same format, ``lm_head=8`` with int8 per-row
+    (int4 costs the head much more perplexity than int8); the embedding table keeps the float weight.
     """
     from course_lib.llm import kernels
 
@@ -219,7 +220,8 @@ def quantize_model(model, bits: int, group_size: int | None = None, kernel: str 
             raise RuntimeError(f"{attr} is {type(lin).__name__}, expected nn.Linear")
         setattr(parent, attr, QLinear.from_linear(lin, bits, group_size=group_size).set_kernel(kernel))
     if lm_head:
-        model.lm_head = QLinear.from_linear(model.lm_head, bits, group_size=group_size).set_kernel(kernel)
+        head_bits, head_group = (bits, group_size) if lm_head is True else (_check_bits(lm_head), None)
+        model.lm_head = QLinear.from_linear(model.lm_head, head_bits, group_size=head_group).set_kernel(kernel)
     model.quantized_bits = bits
     model.quantized_group_size = group_size
     return model
