@@ -11,7 +11,9 @@ layer shapes:
 * ``reference``       — the seed's dequantise-then-matmul;
 * ``torch.compile``   — Inductor compiling dequantise + matmul (it may fuse the dequantisation);
 * ``aten``            — ``torch.ops.aten._weight_int8pack_mm`` / ``_weight_int4pack_mm_for_cpu``;
-* ``torchao``         — torchao's ``Int8WeightOnlyConfig`` / ``Int4WeightOnlyConfig`` (if installed);
+* ``torchao``         — torchao's ``Int8WeightOnlyConfig`` / ``IntxWeightOnlyConfig(int4)`` (if installed; the
+  course does not install it: once present, every ``transformers`` model load imports it and logs warnings
+  about its CUDA-only extensions, and on this CPU both configs measured slower than fp32);
 * ``ort``             — onnxruntime's contrib op ``MatMulNBits`` (MLAS), the weights as initializers.
 
 The winner on this course's CPU is ``ort`` with ``accuracy_level=4``: MLAS quantizes the activation
@@ -168,17 +170,22 @@ def _dequant_matmul(x, q, scale, group_size: int):
     return F.linear(x, wf)
 
 
+_COMPILED: dict = {}
+
+
 def cand_compile(w, bits, group_size):
-    """torch.compile (Inductor, no graph breaks) of unpack + dequantise + matmul."""
+    """torch.compile (Inductor, no graph breaks) of unpack + dequantise + matmul; one compiled function per format."""
     from course_lib.llm.quant import unpack_int4
 
     layer = _int_codes(w, bits, group_size)
     g = group_size or w.shape[1]
     scale = layer.scale.view(w.shape[0], -1)
-    if bits == 8:
-        fn = torch.compile(lambda x, q, s: _dequant_matmul(x, q, s, g), dynamic=False, fullgraph=True)
-        return lambda x: fn(x, layer.weight, scale)
-    fn = torch.compile(lambda x, p, s: _dequant_matmul(x, unpack_int4(p), s, g), dynamic=False, fullgraph=True)
+    key = (bits, g)
+    if key not in _COMPILED:  # the same function object for every weight copy: compiled once per shape
+        unpack = (lambda p: p) if bits == 8 else unpack_int4
+        _COMPILED[key] = torch.compile(lambda x, p, s: _dequant_matmul(x, unpack(p), s, g), dynamic=False,
+                                       fullgraph=True)
+    fn = _COMPILED[key]
     return lambda x: fn(x, layer.weight, scale)
 
 
