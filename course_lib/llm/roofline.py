@@ -18,24 +18,31 @@ from torch import nn
 from course_lib import bench
 
 
-def measure_bandwidth(mb: float = 256.0, threads: int | None = None, warmup: int = 2, repeat: int = 10) -> dict:
-    """Memory bandwidth (GB/s) of a streaming copy ``dst.copy_(src)`` of ``mb`` MB: (read + write bytes) / median time."""
+def measure_bandwidth(mb: float = 256.0, threads: int | None = None, warmup: int = 2, repeat: int = 10,
+                      kind: str = "read") -> dict:
+    """Memory bandwidth (GB/s) over ``mb`` MB: ``kind="read"`` streams it once (``src.sum()``, what a GEMV does
+    with its weights), ``kind="copy"`` copies it (``dst.copy_(src)``: read + write bytes counted)."""
     if mb <= 0:
         raise ValueError(f"mb must be positive, got {mb}")
+    if kind not in ("read", "copy"):
+        raise ValueError(f"kind must be 'read' or 'copy', got {kind!r}")
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         n = int(mb * 1e6 / 4)
         src = torch.ones(n, dtype=torch.float32)
-        dst = torch.empty_like(src)
-        r = bench.benchmark(lambda: dst.copy_(src), name=f"copy {mb:.0f} MB", warmup=warmup, repeat=repeat)
+        if kind == "copy":
+            dst = torch.empty_like(src)
+            fn, moved = (lambda: dst.copy_(src)), 2 * n * 4
+        else:
+            fn, moved = (lambda: src.sum()), n * 4
+        r = bench.benchmark(fn, name=f"{kind} {mb:.0f} MB", warmup=warmup, repeat=repeat)
     finally:
         torch.set_num_threads(old)
-    moved = 2 * n * 4
     ts = sorted(r.times_s)
     return {"gb_per_s": moved / r.median_s / 1e9, "gb_per_s_p10": moved / bench.percentile(ts, 90) / 1e9,
-            "gb_per_s_p90": moved / bench.percentile(ts, 10) / 1e9, "bytes_moved": moved,
+            "gb_per_s_p90": moved / bench.percentile(ts, 10) / 1e9, "bytes_moved": moved, "kind": kind,
             "threads": threads or old, "median_ms": r.median_ms}
 
 
