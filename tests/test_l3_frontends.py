@@ -120,3 +120,48 @@ def test_streamlit_app(monkeypatch):
     assert len(at.chat_message) == 4 and len(at.session_state.messages) == 4
     at.sidebar.button[0].click().run()  # Clear history
     assert len(at.chat_message) == 0 and at.session_state.messages == []
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--bits", "4", "--group-size", "5"], "group_size"),
+    (["--bits", "4", "--group-size", "0"], "--group-size must be a positive integer, got 0"),
+    (["--bits", "8", "--max-new-tokens", "-1"], "--max-new-tokens must be >= 1, got -1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["--bits", "4", "--group-size", "48", "--kernel", "fast"], "(16, 32, 64, 128, 256)"),
+])
+def test_cli_bad_options_one_clear_line(argv, needle, capsys):
+    from course_lib.llm import chat_cli
+
+    assert chat_cli.main(["--tiny", *argv]) == 2
+    out = capsys.readouterr()
+    lines = [ln for ln in out.out.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], out.out
+    assert "Traceback" not in out.out + out.err
+
+
+def test_chat_session_reports_tokens_per_s_with_fast_kernel():
+    from course_lib.llm.chat_cli import ChatSession, TinyTokenizer, load_chat_model
+    from course_lib.llm.quant import QLinear
+
+    model, tok = load_chat_model(8, tiny=True)  # quantized: the fast kernel by default
+    layers = [m for m in model.modules() if isinstance(m, QLinear)]
+    assert layers and all(m.kernel == "fast" for m in layers)
+    s = ChatSession(model, tok, max_new_tokens=12, max_context=256)
+    text = "".join(s.answer("hello"))
+    assert 1 <= s.last_tokens <= 12 and s.last_seconds > 0
+    assert s.last_tokens_per_s == pytest.approx(s.last_tokens / s.last_seconds)
+    assert s.history[-1]["content"] == text
+    ref_model, _ = load_chat_model(8, tiny=True, kernel="reference")
+    assert all(m.kernel == "reference" for m in ref_model.modules() if isinstance(m, QLinear))
+    assert isinstance(tok, TinyTokenizer)
+
+
+def test_cli_prints_tokens_per_s(monkeypatch, capsys):
+    import io
+
+    from course_lib.llm import chat_cli
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\nexit\n"))
+    assert chat_cli.main(["--tiny", "--bits", "4", "--group-size", "32", "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "int4 (fast kernel)" in out and "tokens/s" in out

@@ -313,11 +313,16 @@ class BaichuanForCausalLM(nn.Module):
         return SimpleNamespace(logits=logits, past_key_values=presents if use_cache else None)
 
     # -- quantization ----------------------------------------------------------------------
-    def quantize(self, bits: int, group_size: int | None = None) -> "BaichuanForCausalLM":
-        """Replace W_pack, o_proj, gate/up/down_proj of every layer by QLinear(bits); returns self (like Baichuan's)."""
+    def quantize(self, bits: int, group_size: int | None = None, kernel: str = "reference",
+                 lm_head: bool = False) -> "BaichuanForCausalLM":
+        """Replace W_pack, o_proj, gate/up/down_proj of every layer by QLinear(bits); returns self (like Baichuan's).
+
+        ``kernel="fast"`` runs them through the fused kernel of course_lib.llm.kernels; ``lm_head=True``
+        quantizes the LM head too (the embedding table stays float).
+        """
         from course_lib.llm.quant import quantize_model
 
-        return quantize_model(self, bits, group_size=group_size)
+        return quantize_model(self, bits, group_size=group_size, kernel=kernel, lm_head=lm_head)
 
     # -- generation ------------------------------------------------------------------------
     @torch.no_grad()

@@ -61,10 +61,16 @@ def tiny_model(seed: int = 0):
     return model
 
 
-def load_chat_model(bits: int = 16, tiny: bool = False, group_size: int | None = None):
-    """(model, tokenizer): SmolLM2 in Baichuan layout (or the tiny model), quantized to ``bits`` (16 = float)."""
+def load_chat_model(bits: int = 16, tiny: bool = False, group_size: int | None = None, kernel: str = "fast"):
+    """(model, tokenizer): SmolLM2 in Baichuan layout (or the tiny model), quantized to ``bits`` (16 = float).
+
+    Quantized models use ``kernel`` ('fast' = the fused int8/int4 kernel of course_lib.llm.kernels,
+    'reference' = the seed's dequantise-then-matmul).
+    """
     if bits not in (16, 8, 4):
         raise ValueError(f"bits must be 16, 8 or 4, got {bits!r}")
+    if bits != 16:
+        check_quant_args(bits, group_size, kernel)
     if tiny:
         model, tok = tiny_model(), TinyTokenizer()
     else:
@@ -72,8 +78,22 @@ def load_chat_model(bits: int = 16, tiny: bool = False, group_size: int | None =
 
         model, tok = load_smollm2_baichuan(verbose=True)
     if bits != 16:
-        model.quantize(bits, group_size=group_size)
+        model.quantize(bits, group_size=group_size, kernel=kernel)
     return model, tok
+
+
+def check_quant_args(bits: int, group_size, kernel: str) -> None:
+    """ValueError (one line naming what is accepted) for a group size / kernel the chosen quantization cannot use."""
+    from course_lib.llm import kernels
+
+    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0):
+        raise ValueError(f"--group-size must be a positive integer, got {group_size}")
+    if kernel == "fast":
+        kernels.check_kernel(kernel, bits, group_size)  # names the supported group sizes
+    elif kernel != "reference":
+        raise ValueError(f"kernel must be one of {kernels.KERNELS}, got {kernel!r}")
+    elif group_size is not None and 576 % group_size:  # SmolLM2's hidden size; the tiny model's 64 is checked by QLinear
+        raise ValueError(f"--group-size {group_size} must divide the layer widths (576, 1536)")
 
 
 class ChatSession:
@@ -93,6 +113,12 @@ class ChatSession:
                         repetition_penalty=repetition_penalty)
         self.history: list[dict] = []
         self.last_truncated = False
+        self.last_tokens, self.last_seconds = 0, 0.0  # of the last answer: generated tokens and wall time
+
+    @property
+    def last_tokens_per_s(self) -> float:
+        """Generated tokens per second of the last answer (prompt prefill included)."""
+        return self.last_tokens / self.last_seconds if self.last_seconds > 0 else float("nan")
 
     def clear(self) -> None:
         """Forget the conversation."""
@@ -108,9 +134,18 @@ class ChatSession:
         ids, self.last_truncated = build_chat_input(self.tok, self.history, self.max_new_tokens, self.max_context)
         reply = {"role": "assistant", "content": ""}
         self.history.append(reply)  # appended first: an interrupt still leaves user/assistant pairs
-        for piece in self.model.stream_text(self.tok, ids, max_new_tokens=self.max_new_tokens,
-                                            eos_token_id=_eos_ids(self.tok, None), **self.gen):
-            reply["content"] += piece
+        eos = _eos_ids(self.tok, None)
+        new: list[int] = []
+        self.last_tokens, t0 = 0, time.perf_counter()
+        for tok in self.model.stream_ids(ids, max_new_tokens=self.max_new_tokens, eos_token_id=eos, **self.gen):
+            self.last_tokens, self.last_seconds = self.last_tokens + 1, time.perf_counter() - t0
+            if tok in eos:
+                break
+            new.append(tok)
+            text = self.tok.decode(new, skip_special_tokens=True)
+            if text.endswith("\ufffd") or len(text) <= len(reply["content"]):
+                continue  # a multi-byte character split across tokens: wait for the rest
+            piece, reply["content"] = text[len(reply["content"]):], text
             if self.token_delay:
                 time.sleep(self.token_delay)
             yield piece
@@ -121,6 +156,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, choices=(16, 8, 4), default=16,
                    help="weight precision of the linears: 16 = unquantized (float32 on CPU), 8 or 4 = QLinear")
     p.add_argument("--group-size", type=int, default=None, help="int4/int8 group size (default: per-row, Baichuan's scheme)")
+    p.add_argument("--kernel", choices=("fast", "reference"), default="fast",
+                   help="quantized matmul: fast = fused int8/int4 kernel, reference = dequantise then matmul")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--max-context", type=int, default=2048, help="prompt + answer tokens; longer histories are truncated")
     p.add_argument("--no-stream", action="store_true", help="start with streaming off")
@@ -135,6 +172,86 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_args(args) -> str | None:
+    """The one-line error for bad numeric options, or None."""
+    if args.max_new_tokens < 1:
+        return f"--max-new-tokens must be >= 1, got {args.max_new_tokens}"
+    if args.max_context < 2:
+        return f"--max-context must be >= 2, got {args.max_context}"
+    if args.threads is not None and args.threads < 1:
+        return f"--threads must be >= 1, got {args.threads}"
+    if args.bits != 16:
+        try:
+            check_quant_args(args.bits, args.group_size, args.kernel)
+        except ValueError as e:
+            return str(e)
+    return None
+
+
+def _start_session(args, con):
+    """(session, banner) or None after printing one error line."""
+    from rich.markup import escape
+
+    from course_lib.llm.smollm2 import ModelFilesMissing
+
+    try:
+        with con.status("loading model ..."):
+            model, tok = load_chat_model(args.bits, tiny=args.tiny, group_size=args.group_size, kernel=args.kernel)
+        session = ChatSession(model, tok, args.max_new_tokens, args.max_context, stream=not args.no_stream,
+                              token_delay=args.token_delay, temperature=args.temperature, top_p=args.top_p,
+                              top_k=args.top_k, repetition_penalty=args.repetition_penalty)
+    except (ModelFilesMissing, ValueError) as e:
+        con.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+        return None
+    name = "tiny random model" if args.tiny else "SmolLM2-135M (Baichuan layout)"
+    prec = "float32" if args.bits == 16 else f"int{args.bits} ({args.kernel} kernel)"
+    return session, f"[bold]{name}[/], {prec}. Commands: clear, stream, history, help, exit. Ctrl-C stops an answer."
+
+
+def _command(text: str, session: ChatSession, con) -> bool:
+    """Handle a command or empty input; True if ``text`` was one (nothing to send to the model)."""
+    cmd = text.strip().lower().lstrip("/")
+    if not text.strip():
+        con.print("[yellow]empty prompt: type a message, or 'help'[/]")
+    elif cmd == "clear":
+        session.clear()
+        con.print("[cyan]history cleared[/]")
+    elif cmd == "stream":
+        session.stream = not session.stream
+        con.print(f"[cyan]streaming {'on' if session.stream else 'off'}[/]")
+    elif cmd == "history":
+        con.print(f"[cyan]history: {len(session.history) // 2} turn(s), {len(session.history)} message(s)[/]")
+    elif cmd == "help":
+        con.print("[cyan]" + ", ".join(COMMANDS) + "; anything else is sent to the model[/]")
+    elif text.strip().startswith("/"):
+        con.print(f"[yellow]unknown command {text.strip()!r}; commands: {', '.join(COMMANDS)}[/]")
+    else:
+        return False
+    return True
+
+
+def _answer(text: str, session: ChatSession, con) -> None:
+    """Stream (or print at once) the model's answer, then its speed and any truncation note."""
+    con.print("[bold blue]Bot[/]> ", end="")
+    pieces = []
+    try:
+        for piece in session.answer(text):
+            pieces.append(piece)
+            if session.stream:
+                con.print(piece, end="", markup=False, soft_wrap=True)
+        if not session.stream:
+            con.print("".join(pieces), markup=False, soft_wrap=True, end="")
+        con.print()
+    except KeyboardInterrupt:
+        con.print("\n[yellow]\\[interrupted: partial answer kept in the history][/]")
+    con.print(f"[dim]{session.last_tokens} tokens in {session.last_seconds:.2f} s = "
+              f"{session.last_tokens_per_s:.1f} tokens/s[/]")
+    if session.last_truncated:
+        con.print(f"[yellow]note: prompt truncated: the conversation was longer than the context "
+                  f"({session.max_context} tokens), only its last "
+                  f"{session.max_context - session.max_new_tokens} tokens were used[/]")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``course-chat``: a read-answer loop with commands clear/stream/history/help/exit."""
     args = _parser().parse_args(argv)
@@ -142,75 +259,30 @@ def main(argv: list[str] | None = None) -> int:
     from rich.markup import escape
 
     con = Console(highlight=False)
+    problem = _check_args(args)
+    if problem:
+        con.print(f"[bold red]error:[/] {escape(problem)}", soft_wrap=True)
+        return 2
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from course_lib.llm.smollm2 import ModelFilesMissing
-
-    try:
-        with con.status("loading model ..."):
-            model, tok = load_chat_model(args.bits, tiny=args.tiny, group_size=args.group_size)
-    except ModelFilesMissing as e:
-        con.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+    started = _start_session(args, con)
+    if started is None:
         return 2
-    name = "tiny random model" if args.tiny else "SmolLM2-135M (Baichuan layout)"
-    prec = "float32" if args.bits == 16 else f"int{args.bits}"
-    try:
-        session = ChatSession(model, tok, args.max_new_tokens, args.max_context, stream=not args.no_stream,
-                              token_delay=args.token_delay, temperature=args.temperature, top_p=args.top_p,
-                              top_k=args.top_k, repetition_penalty=args.repetition_penalty)
-    except ValueError as e:
-        con.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
-        return 2
-    con.print(f"[bold]{name}[/], {prec}. Commands: clear, stream, history, help, exit. "
-              "Ctrl-C stops an answer.")
+    session, banner = started
+    con.print(banner)
     while True:
         try:
             text = con.input("[bold green]You[/]> ")
         except (EOFError, KeyboardInterrupt):
             con.print("\nbye")
             return 0
-        cmd = text.strip().lower().lstrip("/")
-        if not text.strip():
-            con.print("[yellow]empty prompt: type a message, or 'help'[/]")
-            continue
-        if cmd == "exit":
+        if text.strip().lower().lstrip("/") == "exit":
             con.print("bye")
             return 0
-        if cmd == "clear":
-            session.clear()
-            con.print("[cyan]history cleared[/]")
-            continue
-        if cmd == "stream":
-            session.stream = not session.stream
-            con.print(f"[cyan]streaming {'on' if session.stream else 'off'}[/]")
-            continue
-        if cmd == "history":
-            con.print(f"[cyan]history: {len(session.history) // 2} turn(s), {len(session.history)} message(s)[/]")
-            continue
-        if cmd == "help":
-            con.print("[cyan]" + ", ".join(COMMANDS) + "; anything else is sent to the model[/]")
-            continue
-        if text.strip().startswith("/"):
-            con.print(f"[yellow]unknown command {text.strip()!r}; commands: {', '.join(COMMANDS)}[/]")
-            continue
-        con.print("[bold blue]Bot[/]> ", end="")
-        pieces = []
-        try:
-            for piece in session.answer(text):
-                pieces.append(piece)
-                if session.stream:
-                    con.print(piece, end="", markup=False, soft_wrap=True)
-            if not session.stream:
-                con.print("".join(pieces), markup=False, soft_wrap=True, end="")
-            con.print()
-        except KeyboardInterrupt:
-            con.print("\n[yellow]\\[interrupted: partial answer kept in the history][/]")
-        if session.last_truncated:
-            con.print(f"[yellow]note: prompt truncated: the conversation was longer than the context "
-                      f"({session.max_context} tokens), only its last "
-                      f"{session.max_context - session.max_new_tokens} tokens were used[/]")
+        if not _command(text, session, con):
+            _answer(text, session, con)
 
 
 if __name__ == "__main__":

@@ -229,6 +229,15 @@ class QLinear(nn.Module):
         self.register_buffer("scale", scale)
         self.register_buffer("weight", q if bits == 8 else _pack_nibbles(q))
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.kernel, self._kernel_impl = "reference", None
+
+    def set_kernel(self, kernel: str = "reference", threads: int | None = None) -> "QLinear":
+        """Choose the forward kernel: 'reference' (dequantise, then matmul) or 'fast' (see course_lib.llm.kernels)."""
+        from course_lib.llm.kernels import make_kernel
+
+        self._kernel_impl = make_kernel(self, kernel, threads)  # ValueError for an unsupported kernel/format
+        self.kernel = kernel
+        return self
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, bits: int, group_size: int | None = None) -> "QLinear":
@@ -256,6 +265,8 @@ class QLinear(nn.Module):
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             got = "a 0-d tensor" if x.dim() == 0 else f"{x.shape[-1]} features"
             raise ValueError(f"QLinear input must have shape (..., {self.in_features}), got {got}")
+        if self._kernel_impl is not None:  # a fast kernel reading the packed codes (course_lib.llm.kernels)
+            return self._kernel_impl(x)
         # the seed's design: rebuild the float weight every call, then an ordinary matmul
         return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
@@ -266,7 +277,8 @@ class QLinear(nn.Module):
 
     def extra_repr(self) -> str:
         g = f", group_size={self.group_size}" if self.group_size else ""
-        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}{g}"
+        k = f", kernel={self.kernel}" if self.kernel != "reference" else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}{g}{k}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,18 +311,30 @@ def _check_quantizable(targets, group_size) -> None:
 
 
 @torch.no_grad()
-def quantize_model(model, bits: int, group_size: int | None = None):
-    """Replace W_pack, o_proj, gate/up/down_proj in every layer by QLinear; returns the model (notebook 03)."""
+def quantize_model(model, bits: int, group_size: int | None = None, kernel: str = "reference",
+                   lm_head: bool = False):
+    """Replace W_pack, o_proj, gate/up/down_proj in every layer by QLinear; returns the model (notebook 03).
+
+    ``kernel``: 'reference' (the seed's dequantise-then-matmul) or 'fast' (course_lib.llm.kernels);
+    ``lm_head=True`` also quantizes the (tied) LM head with the same format, ``lm_head=8`` with int8 per-row
+    (int4 costs the head much more perplexity than int8); the embedding table keeps the float weight.
+    """
+    from course_lib.llm import kernels
+
     bits = _check_bits(bits)
     targets = _target_modules(model)
+    kernels.check_kernel(kernel, bits, group_size, model)  # before any change: no half-quantized model
     if getattr(model, "quantized_bits", None):
         raise RuntimeError(
             f"model is already quantized (int{model.quantized_bits}); quantizing twice would compound the "
             "error. Load a fresh float model and call quantize() once."
         )
     _check_quantizable(targets, group_size)
-    for parent, attr, linear in targets:  # five linears per decoder layer; embeddings, lm_head, norms stay float
-        setattr(parent, attr, QLinear.from_linear(linear, bits, group_size=group_size))
+    for parent, attr, linear in targets:  # five linears per decoder layer; embeddings and norms stay float
+        setattr(parent, attr, QLinear.from_linear(linear, bits, group_size=group_size).set_kernel(kernel))
+    if lm_head:  # the tied LM head: same format (True) or int8 per row (8)
+        head_bits, head_group = (bits, group_size) if lm_head is True else (_check_bits(lm_head), None)
+        model.lm_head = QLinear.from_linear(model.lm_head, head_bits, group_size=head_group).set_kernel(kernel)
     model.quantized_bits = bits
     model.quantized_group_size = group_size
     return model

@@ -1,0 +1,135 @@
+"""Decoding benchmark: our fp32 / reference / fast quantized SmolLM2 next to llama.cpp, same prompt (notebook 03).
+
+Every variant greedily generates ``new_tokens`` tokens (EOS ignored) after the same prompt at batch 1,
+timed through ``bench.benchmark`` (warm-up + repeats; tokens/s at the median, p10–p90 spread).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from course_lib import bench, hw
+
+PROMPT = "The three most important ideas in computer science are"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One of our model variants: float, or quantized with a kernel (and optionally the LM head)."""
+
+    name: str
+    bits: int | None = None
+    group_size: int | None = None
+    kernel: str = "reference"
+    lm_head: bool | int = False  # True: the head in the same format; 8: the head in int8 per-row
+
+    def build(self, fp_model):
+        """A quantized copy of ``fp_model`` (the float model itself for bits=None)."""
+        if self.bits is None:
+            return fp_model
+        return copy.deepcopy(fp_model).quantize(self.bits, self.group_size, kernel=self.kernel, lm_head=self.lm_head)
+
+
+OURS = {
+    "fp32": Variant("fp32"),
+    "int8 ref": Variant("int8 ref", 8),
+    "int4g ref": Variant("int4g ref", 4, 64),
+    "int8 fast": Variant("int8 fast", 8, None, "fast"),
+    "int4g fast": Variant("int4g fast", 4, 64, "fast"),
+    "int8 fast + head": Variant("int8 fast + head", 8, None, "fast", lm_head=True),
+    "int4g fast + head": Variant("int4g fast + head", 4, 64, "fast", lm_head=True),
+    "int4g fast + int8 head": Variant("int4g fast + int8 head", 4, 64, "fast", lm_head=8),
+}
+LLAMA_CPP = ("F32", "Q8_0", "Q4_1")
+
+
+def time_generation(model, prompt_ids, new_tokens: int = 64, warmup: int = 1, repeat: int = 3,
+                    name: str = "") -> bench.BenchResult:
+    """bench result of greedy generation of ``new_tokens`` tokens (prefill of the prompt included)."""
+    if new_tokens < 1:
+        raise ValueError(f"new_tokens must be >= 1, got {new_tokens}")
+
+    @torch.no_grad()
+    def run():
+        n = sum(1 for _ in model.stream_ids(prompt_ids, max_new_tokens=new_tokens, eos_token_id=None))
+        assert n == new_tokens, f"generated {n} tokens, expected {new_tokens}"
+
+    return bench.benchmark(run, name=name, items=new_tokens, unit="tokens", warmup=warmup, repeat=repeat)
+
+
+def _row(r: bench.BenchResult, kind: str, mb: float) -> dict:
+    ts = sorted(r.times_s)
+    n = r.items
+    return {"variant": r.name, "kind": kind, "tokens_per_s": r.throughput,
+            "p10": n / bench.percentile(ts, 90), "p90": n / bench.percentile(ts, 10), "mb_per_token": mb}
+
+
+def decode_benchmark(fp_model, tokenizer, variants=("fp32", "int8 ref", "int4g ref", "int8 fast", "int4g fast"),
+                     llama_formats=LLAMA_CPP, prompt: str = PROMPT, new_tokens: int = 64, threads: int = 2,
+                     warmup: int = 1, repeat: int = 3, progress: bool = True):
+    """DataFrame: tokens/s (median, p10, p90) and MB of weights per token for our variants and llama.cpp's.
+
+    ``variants``: names from :data:`OURS` (or :class:`Variant` objects); ``llama_formats``: llama.cpp
+    formats to run, skipped (listed in ``df.attrs['skipped']``) when llama-cpp-python is not installed.
+    ``speedup`` is tokens/s relative to our fp32 row when it is present.
+    """
+    import pandas as pd
+
+    from course_lib.llm import llamacpp, roofline
+
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rows, skipped = [], []
+    try:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        todo = [OURS[v] if isinstance(v, str) else v for v in variants]
+        for v in hw.progress(todo, desc="our variants", disable=not progress):
+            model = v.build(fp_model)
+            r = time_generation(model, ids, new_tokens, warmup, repeat, name=v.name)
+            rows.append(_row(r, "ours", roofline.weight_bytes_per_token(model)["total"] / 1e6))
+            del model
+        if llama_formats:
+            try:
+                llamacpp.require_llama_cpp()
+            except hw.MissingDependency as e:
+                skipped.append(str(e))
+                llama_formats = ()
+        for fmt in llama_formats:
+            llm = llamacpp.load(fmt, threads=threads)
+            ids_l = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+            r = bench.benchmark(lambda: llamacpp.generate_ids(llm, ids_l, new_tokens), name=f"llama.cpp {fmt}",
+                                items=new_tokens, unit="tokens", warmup=warmup, repeat=repeat)
+            rows.append(_row(r, "llama.cpp", roofline.gguf_weight_bytes(llamacpp.gguf_for(fmt)) / 1e6))
+            del llm
+    finally:
+        torch.set_num_threads(old)
+    df = pd.DataFrame(rows)
+    if "fp32" in set(df.get("variant", [])):
+        df["speedup"] = df["tokens_per_s"] / float(df.loc[df.variant == "fp32", "tokens_per_s"].iloc[0])
+    df.attrs["skipped"] = skipped
+    return df
+
+
+def perplexities(fp_model, tokenizer, texts: dict[str, str], variants=("int8 ref", "int8 fast", "int4g ref", "int4g fast"),
+                 window: int = 512, max_windows: int | None = 4):
+    """DataFrame: perplexity per variant and language (eval.perplexity, non-overlapping windows)."""
+    import pandas as pd
+
+    from course_lib.llm.eval import perplexity
+
+    ids = {lang: tokenizer(t, return_tensors="pt").input_ids[0] for lang, t in texts.items()}
+    rows = []
+    for v in variants:
+        v = OURS[v] if isinstance(v, str) else v
+        model = v.build(fp_model)
+        row = {"variant": v.name}
+        for lang, x in ids.items():
+            row[f"ppl_{lang}"] = perplexity(model, x, window=window, max_windows=max_windows)
+        rows.append(row)
+        del model
+    return pd.DataFrame(rows)

@@ -1,0 +1,130 @@
+"""A roofline for batch-1 decoding: weight bytes per token, measured memory bandwidth, tokens/s ceiling (notebook 03).
+
+Generating one token at batch 1 multiplies one activation vector by every weight matrix once:
+two flops per weight, and every weight byte has to come from memory (the model is far larger than
+the caches). So the time per token is at least ``weight bytes read per token / memory bandwidth``,
+and the tokens/s ceiling of a format is ``bandwidth / bytes per token``. Halving the bytes (int8 →
+int4) doubles the ceiling; a kernel that materialises a float copy of the weight reads (and writes)
+more bytes than the float model and falls below the float ceiling.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from course_lib import bench
+
+
+def measure_bandwidth(mb: float = 256.0, threads: int | None = None, warmup: int = 2, repeat: int = 10,
+                      kind: str = "read") -> dict:
+    """Memory bandwidth (GB/s) over ``mb`` MB: ``kind="read"`` streams it once (``src.sum()``, what a GEMV does
+    with its weights), ``kind="copy"`` copies it (``dst.copy_(src)``: read + write bytes counted)."""
+    if mb <= 0:
+        raise ValueError(f"mb must be positive, got {mb}")
+    if kind not in ("read", "copy"):
+        raise ValueError(f"kind must be 'read' or 'copy', got {kind!r}")
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        n = int(mb * 1e6 / 4)
+        src = torch.ones(n, dtype=torch.float32)
+        if kind == "copy":
+            dst = torch.empty_like(src)
+            fn, moved = (lambda: dst.copy_(src)), 2 * n * 4
+        else:
+            fn, moved = (lambda: src.sum()), n * 4
+        r = bench.benchmark(fn, name=f"{kind} {mb:.0f} MB", warmup=warmup, repeat=repeat)
+    finally:
+        torch.set_num_threads(old)
+    ts = sorted(r.times_s)
+    return {"gb_per_s": moved / r.median_s / 1e9, "gb_per_s_p10": moved / bench.percentile(ts, 90) / 1e9,
+            "gb_per_s_p90": moved / bench.percentile(ts, 10) / 1e9, "bytes_moved": moved, "kind": kind,
+            "threads": threads or old, "median_ms": r.median_ms}
+
+
+def _module_weight_bytes(mod: nn.Module) -> int:
+    from course_lib.llm.quant import QLinear
+
+    if isinstance(mod, QLinear):
+        return mod.nbytes()
+    return sum(p.numel() * p.element_size() for p in mod.parameters(recurse=False))
+
+
+def weight_bytes_per_token(model) -> dict:
+    """Bytes of weights one decoding step reads, by part: layer linears, LM head, norms (+ one embedding row)."""
+    from course_lib.llm.quant import QLinear
+
+    linears = head = norms = 0
+    for name, mod in model.named_modules():
+        if name == "lm_head":
+            head += _module_weight_bytes(mod)
+        elif isinstance(mod, (nn.Linear, QLinear)):
+            linears += _module_weight_bytes(mod)
+        elif name.endswith("norm"):
+            norms += _module_weight_bytes(mod)
+    emb = model.model.embed_tokens.weight
+    row = emb.shape[1] * emb.element_size()
+    return {"linears": linears, "lm_head": head, "norms": norms, "embedding_row": row,
+            "total": linears + head + norms + row}
+
+
+def gguf_weight_bytes(path: str | Path) -> int:
+    """Bytes per token of a llama.cpp model: its GGUF tensors (the file minus its small metadata; tied head counted once)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    # every tensor is read once per token: the tied token_embd doubles as the output (LM head) matrix
+    return int(sum(int(t.n_bytes) for t in reader.tensors))
+
+
+def ceilings(bandwidth_gbs: float, bytes_per_token: dict[str, float]):
+    """DataFrame: variant, MB read per token, tokens/s ceiling = bandwidth / bytes."""
+    import pandas as pd
+
+    if bandwidth_gbs <= 0:
+        raise ValueError("bandwidth must be positive")
+    rows = [{"variant": k, "mb_per_token": v / 1e6, "ceiling_tokens_per_s": bandwidth_gbs * 1e9 / v}
+            for k, v in bytes_per_token.items()]
+    return pd.DataFrame(rows)
+
+
+def plot_roofline(bandwidth_gbs: float, points, ax=None, title: str | None = None):
+    """Tokens/s against MB of weights per token: the ceiling curve bandwidth/bytes and each measured variant.
+
+    ``points``: iterable of dicts with ``variant``, ``mb_per_token``, ``tokens_per_s`` and optionally
+    ``p10``/``p90`` (drawn as an error bar) and ``peer`` (llama.cpp points get a different marker).
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    points = list(points)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 5))
+    xmax = max(p["mb_per_token"] for p in points) * 1.15
+    xs = np.linspace(xmax / 60, xmax, 300)
+    ceiling = bandwidth_gbs * 1e3 / xs  # GB/s / MB = 1e3 per s
+    ymax = max(max(p.get("p90", p["tokens_per_s"]) for p in points) * 1.6,
+               bandwidth_gbs * 1e3 / max(p["mb_per_token"] for p in points) * 1.2)
+    ax.plot(xs, np.minimum(ceiling, ymax * 10), color="0.3", lw=1.5,
+            label=f"ceiling: {bandwidth_gbs:.1f} GB/s ÷ bytes per token")
+    for p in points:
+        peer = p.get("peer", False)
+        y = p["tokens_per_s"]
+        err = None
+        if "p10" in p and "p90" in p:
+            err = [[max(0.0, y - p["p10"])], [max(0.0, p["p90"] - y)]]
+        ax.errorbar([p["mb_per_token"]], [y], yerr=err, fmt="s" if peer else "o", ms=7, capsize=3,
+                    color="tab:orange" if peer else "tab:blue")
+        ax.annotate(p["variant"], (p["mb_per_token"], y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlim(0, xmax)
+    ax.set_ylim(0, ymax)
+    ax.set_xlabel("MB of weights read per generated token")
+    ax.set_ylabel("tokens/s (batch 1, greedy)")
+    ax.set_title(title or "Decoding roofline: ours (circles) and llama.cpp (squares)")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
