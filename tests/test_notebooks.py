@@ -18,7 +18,10 @@ REQUIRED_METRICS = {
     "02_parallel_inference": ["l2.world_size", "l2.qps.*", "l2.parity_max_abs_diff.*", "l2.best_microbatches.*"],
     "03_llm_quantization": ["l3.int8_weight_bytes_ratio", "l3.int4_weight_bytes_ratio", "l3.int4g_weight_bytes_ratio"]
     + [f"l3.ppl_{q}_{lang}" for q in ("fp32", "int8", "int4", "int4g") for lang in ("zh", "en")]
-    + ["l3.converter_max_abs_diff", "l3.tokens_per_s_fp32", "l3.tokens_per_s_int8", "l3.tokens_per_s_int4"],
+    + ["l3.converter_max_abs_diff", "l3.tokens_per_s_fp32", "l3.tokens_per_s_int8", "l3.tokens_per_s_int4",
+       "l3.tokens_per_s_int8_fast", "l3.tokens_per_s_int4g_fast", "l3.decode_speedup_int8_fast", "l3.decode_speedup_int4g_fast",
+       "l3.ppl_int8_fast_zh", "l3.ppl_int4g_fast_zh", "l3.tokens_per_s_llamacpp_q8_0", "l3.tokens_per_s_llamacpp_q4_1",
+       "l3.tokens_per_s_llamacpp_f32", "l3.memory_bandwidth_gbs"],
     "04_tvm_autotuning": ["l4.gflops_naive", "l4.gflops_hand", "l4.gflops_numpy", "l4.gflops_torch", "l4.gflops_best_template",
                           "l4.gflops_metaschedule", "l4.metaschedule_vs_torch", "l4.peak_gflops_estimate",
                           "l4.relax_max_abs_diff", "l4.relax_vs_torch_latency_ratio"],
@@ -56,6 +59,10 @@ BANDS: dict[str, tuple[float | None, float | None]] = {
     "l3.int4g_weight_bytes_ratio": (0.265624, 0.265626),
     **{f"l3.ppl_{k}": (v * 0.98, v * 1.02) for k, v in L3_PPL.items()},
     "l3.tokens_per_s_*": (1e-9, None),
+    "l3.decode_speedup_*": (1e-9, None),
+    "l3.memory_bandwidth_gbs": (1e-9, None),
+    "l3.ppl_int8_fast_zh": (L3_PPL["int8_zh"] * 0.98, L3_PPL["int8_zh"] * 1.02),  # int8 activations: within 2 % of int8 ref
+    "l3.ppl_int4g_fast_zh": (L3_PPL["int4g_zh"] * 0.98, L3_PPL["int4g_zh"] * 1.02),
     "l4.relax_max_abs_diff": (0.0, 1e-4),
     "l4.peak_gflops_estimate": (1e-9, None),
     "l4.gflops_*": (1e-9, None),
