@@ -233,3 +233,25 @@ def test_triton_int4_gemv_interpreted():
     assert "group_size must be" in out.stdout and "batch 1" in out.stdout
     max_err = float(out.stdout.split("MAXERR")[1])
     assert max_err < 1e-4  # same math as the reference, float32 accumulation order only
+
+
+def test_interleaved_decoding_times_every_variant_once_per_round():
+    """Each variant gets `repeat` timed generations of exactly `new_tokens` tokens, in interleaved rounds."""
+    import torch
+
+    from course_lib.llm import decode
+    from course_lib.llm.baichuan import BaichuanConfig, BaichuanForCausalLM
+
+    torch.manual_seed(0)
+    cfg = BaichuanConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4)
+    model = BaichuanForCausalLM(cfg).eval()
+    ids = torch.tensor([[1, 2, 3]])
+    out = decode.interleaved(model, [decode.OURS["fp32"], decode.OURS["int8 ref"]], ids, new_tokens=5, warmup=1,
+                             repeat=3, progress=False)
+    assert [r.name for r, _ in out] == ["fp32", "int8 ref"]
+    assert all(len(r.times_s) == 3 and r.items == 5 and r.warmup == 1 for r, _ in out)
+    mb = {r.name: m for r, m in out}
+    assert mb["int8 ref"] < mb["fp32"]  # int8 linears: fewer bytes read per token
+    with pytest.raises(ValueError, match="repeat >= 1"):
+        decode.interleaved(model, [decode.OURS["fp32"]], ids, new_tokens=5, warmup=0, repeat=0)

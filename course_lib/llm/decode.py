@@ -60,6 +60,38 @@ def time_generation(model, prompt_ids, new_tokens: int = 64, warmup: int = 1, re
     return bench.benchmark(run, name=name, items=new_tokens, unit="tokens", warmup=warmup, repeat=repeat)
 
 
+def interleaved(fp_model, variants, prompt_ids, new_tokens: int, warmup: int, repeat: int, progress: bool = True):
+    """[(bench result, MB per token)] of each variant, timed in interleaved rounds (one generation of each per round).
+
+    On a shared machine a burst of other work lands on whichever variant is being timed; interleaving spreads
+    it over all of them instead of handicapping one, so the ratios between variants stay fair.
+    """
+    from course_lib.llm import roofline
+
+    if new_tokens < 1 or repeat < 1 or warmup < 0:
+        raise ValueError(f"need new_tokens >= 1, repeat >= 1, warmup >= 0; got {new_tokens}, {repeat}, {warmup}")
+    models = [(v, v.build(fp_model)) for v in variants]
+
+    def generate(model):
+        @torch.no_grad()
+        def run():
+            n = sum(1 for _ in model.stream_ids(prompt_ids, max_new_tokens=new_tokens, eos_token_id=None))
+            assert n == new_tokens, f"generated {n} tokens, expected {new_tokens}"
+        return run
+
+    runs = [(v, generate(m)) for v, m in models]
+    times = {v.name: [] for v, _ in runs}
+    for i in hw.progress(range(warmup + repeat), desc="decoding rounds", disable=not progress):
+        for v, run in runs:
+            t = bench.time_calls(run, 1)
+            if i >= warmup:
+                times[v.name] += t
+    out = [(bench.BenchResult(v.name, times[v.name], items=new_tokens, unit="tokens", warmup=warmup),
+            roofline.weight_bytes_per_token(m)["total"] / 1e6) for v, m in models]
+    del models, runs
+    return out
+
+
 def _row(r: bench.BenchResult, kind: str, mb: float) -> dict:
     ts = sorted(r.times_s)
     n = r.items
@@ -71,6 +103,8 @@ def decode_benchmark(fp_model, tokenizer, variants=("fp32", "int8 ref", "int4g r
                      llama_formats=LLAMA_CPP, prompt: str = PROMPT, new_tokens: int = 64, threads: int = 2,
                      warmup: int = 1, repeat: int = 3, progress: bool = True):
     """DataFrame: tokens/s (median, p10, p90) and MB of weights per token for our variants and llama.cpp's.
+
+    Our variants are timed in interleaved rounds (:func:`interleaved`); llama.cpp's formats one after another.
 
     ``variants``: names from :data:`OURS` (or :class:`Variant` objects); ``llama_formats``: llama.cpp
     formats to run, skipped (listed in ``df.attrs['skipped']``) when llama-cpp-python is not installed.
@@ -88,11 +122,8 @@ def decode_benchmark(fp_model, tokenizer, variants=("fp32", "int8 ref", "int4g r
     try:
         ids = tokenizer(prompt, return_tensors="pt").input_ids
         todo = [OURS[v] if isinstance(v, str) else v for v in variants]
-        for v in hw.progress(todo, desc="our variants", disable=not progress):
-            model = v.build(fp_model)
-            r = time_generation(model, ids, new_tokens, warmup, repeat, name=v.name)
-            rows.append(_row(r, "ours", roofline.weight_bytes_per_token(model)["total"] / 1e6))
-            del model
+        for r, mb in interleaved(fp_model, todo, ids, new_tokens, warmup, repeat, progress):
+            rows.append(_row(r, "ours", mb))
         if llama_formats:
             try:
                 llamacpp.require_llama_cpp()
