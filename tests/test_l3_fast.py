@@ -45,6 +45,14 @@ def test_fast_matches_reference(bits, group_size, out_f, in_f):
     assert torch.equal(fast(x), y_ref)
 
 
+def test_per_row_blocks_are_q8_0_sized():
+    """Per-row int8 uses blocks of 32 (the activation rounding block, as llama.cpp's Q8_0), else 16 or 64."""
+    assert kernels.check_fast_config(8, None, 576) == 32
+    assert kernels.check_fast_config(8, None, 1536) == 32
+    assert kernels.check_fast_config(8, None, 48) == 16
+    assert kernels.check_fast_config(4, 64, 576) == 64  # a group size is the block
+
+
 def test_layout_conversion_is_exact():
     """MatMulNBits' unsigned codes + repeated scales dequantise to exactly the reference weight."""
     w = torch.randn(8, 128) * 0.1
