@@ -247,7 +247,7 @@ def tune_all(trials: int = 32, shapes=SMOLLM2_SHAPES, formats=TUNED_FORMATS, des
     work = metaschedule.scratch_dir("ms-gemv")
     for out_f, in_f in shapes:
         for bits, group_size in formats:
-            print(f"tuning {out_f}x{in_f} int{bits} g{group_size or 'row'}: {trials} trials", flush=True)
+            print(f"tuning {out_f}x{in_f} int{bits} {f'g{group_size}' if group_size else 'per-row'}: {trials} trials", flush=True)
             metaschedule.tune(gemv_module(out_f, in_f, bits, group_size), work, trials, verbose=False)
     out = metaschedule.save_database(work, dest or metaschedule.committed_dir(DB_NAME))
     shutil.rmtree(work, ignore_errors=True)
