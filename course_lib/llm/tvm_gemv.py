@@ -39,16 +39,16 @@ AMD EPYC znver4 VM shared with another job, so ±30 % noise; 1 thread / 2 thread
     49152x576   int8 per-row  13432 / 14606  1656 / 1243  2421 / 1510  1983 / 1164
     49152x576   int4 g64                   813 / 625    4114 / 2563  2421 / 1313
 
-The fused kernel is 3–6× faster than fp32 and exact to 3e-6 (ort: 1.7e-2), but not faster than ort's
-int8·int8 kernel, most clearly for int4 (unpacking nibbles to float costs more instructions than MLAS's
-int8 dot products). **32 trials of MetaSchedule did not beat the hand schedule** on the int8 shapes: its best
-960x576 record is not even vectorised (a scalar loop over 120 outputs per task, fastest among the few candidates
-it measured, on warm caches and one TVM thread), its 1536x576 one accumulates in the output buffer instead of
-registers. It won on the int4 lm_head (2.4 vs 4.1 ms). Cache-warm (``time_evaluator``), hand vs tuned:
-960x576 int8 35 vs 54 µs, int4 40 vs 48 µs; 576x576 int4 31 vs 30 µs; lm_head int8 3.6 vs 7.4 ms, int4 5.3 vs
-2.6 ms. Per-call overhead (16x16): 5 µs for ``TvmLinear`` (torch tensors go to TVM by DLPack, no copy), 0.5 µs for the bare packed
-function, 2 µs for ``F.linear``, 9 µs for ort's session. The next step would be a blocked weight layout
-(each parallel task's codes contiguous in memory) so that both schedules stream the weights.
+The fused kernel is 3–6× faster than fp32 and exact to 3e-6 (ort: 1.7e-2), but not faster than ort's int8·int8
+kernel, most clearly for int4 (unpacking nibbles to float costs more instructions than MLAS's int8 dot products).
+**32 trials of MetaSchedule did not beat the hand schedule** on the int8 shapes: its best 960x576 record is not
+even vectorised (a scalar loop over 120 outputs per task, fastest among the few candidates it measured, on warm
+caches and one TVM thread), its 1536x576 one accumulates in the output buffer instead of registers. It won on the
+int4 lm_head (2.4 vs 4.1 ms). Cache-warm (``time_evaluator``), hand vs tuned: 960x576 int8 35 vs 54 µs, int4 40 vs
+48 µs; 576x576 int4 31 vs 30 µs; lm_head int8 3.6 vs 7.4 ms, int4 5.3 vs 2.6 ms. Per-call overhead (16x16): 5 µs
+for ``TvmLinear`` (torch tensors go to TVM by DLPack, no copy), 0.5 µs for the bare packed function, 2 µs for
+``F.linear``, 9 µs for ort's session. The next step would be a blocked weight layout (each parallel task's codes
+contiguous in memory) so that both schedules stream the weights.
 """
 
 from __future__ import annotations
