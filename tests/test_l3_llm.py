@@ -436,6 +436,24 @@ def test_real_smollm2_parity(smollm2_cache):
     assert quant.linear_weight_bytes(q) / quant.linear_weight_bytes(ours) <= 0.52
 
 
+@pytest.mark.slow
+def test_real_smollm2_one_graph_decoder(smollm2_cache):
+    """The whole decoding step as one onnxruntime graph reproduces the eager reference path on the real model."""
+    from course_lib.llm import onnx_decode, smollm2
+
+    hf, tok = smollm2.load_smollm2(verbose=False)
+    q = from_llama(hf).quantize(4, 64, lm_head=8)  # reference path: dequantise, then matmul
+    ids = tok("The lighthouse keeper wrote the weather down", return_tensors="pt")["input_ids"]
+    dec = onnx_decode.GraphDecoder(q, accuracy_level=0)  # float compute: the same arithmetic as the reference
+    with torch.no_grad():
+        ref = q(ids).logits
+        assert (dec(ids).logits - ref).abs().max() < 1e-3
+        logits, past = dec.step(ids[:, :-1])
+        logits, _ = dec.step(ids[:, -1:], past)
+        assert (logits - ref[0, -1]).abs().max() < 1e-3
+    assert len(past) == 2 * q.config.num_hidden_layers
+
+
 def test_repetition_penalty():
     m = random_model(seed=9)
     p = torch.tensor([[5, 6, 7]])

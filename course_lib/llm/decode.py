@@ -25,12 +25,18 @@ class Variant:
     group_size: int | None = None
     kernel: str = "reference"
     lm_head: bool | int = False  # True: the head in the same format; 8: the head in int8 per-row
+    graph: bool = False  # True: the whole decoding step as one onnxruntime graph (course_lib.llm.onnx_decode)
 
     def build(self, fp_model):
-        """A quantized copy of ``fp_model`` (the float model itself for bits=None)."""
-        if self.bits is None:
-            return fp_model
-        return copy.deepcopy(fp_model).quantize(self.bits, self.group_size, kernel=self.kernel, lm_head=self.lm_head)
+        """A quantized copy of ``fp_model`` (the float model itself for bits=None), or its one-graph decoder."""
+        model = fp_model
+        if self.bits is not None:
+            model = copy.deepcopy(fp_model).quantize(self.bits, self.group_size, kernel=self.kernel, lm_head=self.lm_head)
+        if self.graph:
+            from course_lib.llm.onnx_decode import GraphDecoder
+
+            return GraphDecoder(model)
+        return model
 
 
 OURS = {
@@ -42,6 +48,9 @@ OURS = {
     "int8 fast + head": Variant("int8 fast + head", 8, None, "fast", lm_head=True),
     "int4g fast + head": Variant("int4g fast + head", 4, 64, "fast", lm_head=True),
     "int4g fast + int8 head": Variant("int4g fast + int8 head", 4, 64, "fast", lm_head=8),
+    "fp32 graph": Variant("fp32 graph", graph=True),
+    "int8 graph + head": Variant("int8 graph + head", 8, None, "fast", lm_head=True, graph=True),
+    "int4g graph + int8 head": Variant("int4g graph + int8 head", 4, 64, "fast", lm_head=8, graph=True),
 }
 LLAMA_CPP = ("F32", "Q8_0", "Q4_1")
 
@@ -87,7 +96,7 @@ def interleaved(fp_model, variants, prompt_ids, new_tokens: int, warmup: int, re
             if i >= warmup:
                 times[v.name] += t
     out = [(bench.BenchResult(v.name, times[v.name], items=new_tokens, unit="tokens", warmup=warmup),
-            roofline.weight_bytes_per_token(m)["total"] / 1e6) for v, m in models]
+            roofline.weight_bytes_per_token(getattr(m, "source_model", m))["total"] / 1e6) for v, m in models]
     del models, runs
     return out
 

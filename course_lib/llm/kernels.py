@@ -14,6 +14,8 @@ layer shapes:
 * ``torchao``         — torchao's ``Int8WeightOnlyConfig`` / ``IntxWeightOnlyConfig(int4)`` (if installed; the
   course does not install it: once present, every ``transformers`` model load imports it and logs warnings
   about its CUDA-only extensions, and on this CPU both configs measured slower than fp32);
+* ``tvm``             — lesson 4's tools: a TVM fused dequantise-GEMV (:mod:`course_lib.llm.tvm_gemv`), with a hand
+  schedule or MetaSchedule's tuned one (float activations: exact to float rounding);
 * ``ort``             — onnxruntime's contrib op ``MatMulNBits`` (MLAS), the weights as initializers.
 
 The winner on this course's CPU is ``ort`` with ``accuracy_level=4``: MLAS quantizes the activation
@@ -119,6 +121,7 @@ class FastLinear:
         b, s = to_matmulnbits(q, scale, bits, self.block)
         self.session = matmulnbits_session(b, s, bits, self.block, self.in_features, threads)
         self.bias = bias
+        self.nbytes = b.nbytes + s.nbytes + (bias.nbytes if bias is not None else 0)  # what each call reads
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         a = x.detach().reshape(-1, self.in_features).to(torch.float32).contiguous()  # inference only: no autograd
@@ -252,12 +255,21 @@ def cand_ort(w, bits, group_size, accuracy_level: int = FAST_ACCURACY_LEVEL):
     return lambda x: torch.from_numpy(sess.run(None, {"A": x.detach().numpy()})[0])
 
 
+def _tvm(w, bits, group_size, tuned: bool):
+    """Lesson 4's tools on this problem: a TVM fused dequantise-GEMV, hand-scheduled or from the tuned database."""
+    from course_lib.llm import tvm_gemv
+
+    return tvm_gemv.cand_tvm(w, bits, group_size, tuned=tuned)
+
+
 CANDIDATES: dict[str, Callable] = {
     "fp32": cand_fp32,
     "reference": cand_reference,
     "torch.compile": cand_compile,
     "aten": cand_aten,
     "torchao": cand_torchao,
+    "tvm (hand schedule)": lambda w, b, g: _tvm(w, b, g, tuned=False),
+    "tvm (MetaSchedule)": lambda w, b, g: _tvm(w, b, g, tuned=True),
     "ort (fp32 compute)": lambda w, b, g: cand_ort(w, b, g, accuracy_level=0),
     "ort (int8 compute) = fast": cand_ort,
 }

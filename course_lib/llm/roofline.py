@@ -49,8 +49,8 @@ def measure_bandwidth(mb: float = 256.0, threads: int | None = None, warmup: int
 def _module_weight_bytes(mod: nn.Module) -> int:
     from course_lib.llm.quant import QLinear
 
-    if isinstance(mod, QLinear):
-        return mod.nbytes()
+    if isinstance(mod, QLinear):  # a fast kernel reads its own layout (e.g. MatMulNBits: a float32 scale per block)
+        return getattr(mod._kernel_impl, "nbytes", None) or mod.nbytes()
     return sum(p.numel() * p.element_size() for p in mod.parameters(recurse=False))
 
 

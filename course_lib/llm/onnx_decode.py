@@ -1,0 +1,234 @@
+"""The whole decoding step as ONE onnxruntime graph: what closes most of the gap to llama.cpp (notebook 03).
+
+Section 7's fast path runs each quantized linear through onnxruntime's ``MatMulNBits`` but keeps everything else in
+eager PyTorch: per token, ~150 separate ``session.run`` calls plus ~30 small torch operations per layer, each paying
+Python and dispatch overhead (tens of microseconds) that dwarfs the few microseconds of arithmetic a batch-1 token
+needs. llama.cpp runs a token as one C++ graph. :func:`build_decode_graph` does the same with onnxruntime: it writes
+the model's decoding step — embedding lookup, RMSNorm, ``W_pack`` + RoPE + grouped-query attention over the KV cache,
+SwiGLU, the LM head — as one ONNX graph, with every linear layer either
+
+* a ``MatMulNBits`` node holding the *same* packed codes the fast path uses (:func:`kernels.to_matmulnbits`,
+  one-time layout conversion, int8 compute with ``accuracy_level=4``), for a ``QLinear``; or
+* a ``MatMul`` with the float weight (transposed) as an initializer, for an ``nn.Linear`` — the float baseline
+  gets the same treatment, so the comparison isolates what the format buys.
+
+:class:`GraphDecoder` runs it: one ``session.run`` per token, the KV cache passed in and out as arrays. It is what
+``onnxruntime-genai``'s model builder produces for Llama-style models (there with fused contrib ops such as
+``GroupQueryAttention``; here with standard ONNX ops, so a learner can read each step). Its logits match the eager
+model running the same kernels to float rounding (tested); the decoding benchmark of notebook 03 times it next to
+the eager fast path and llama.cpp.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch import nn
+
+from course_lib import hw
+
+OPSET = 17
+
+
+class _Graph:
+    """A tiny ONNX graph writer: ``g.op("Add", a, b)`` appends a node and returns its output name."""
+
+    def __init__(self, accuracy_level: int):
+        from onnx import helper, numpy_helper
+
+        self.accuracy_level = accuracy_level
+        self.helper, self.numpy_helper = helper, numpy_helper
+        self.nodes, self.inits, self.n = [], [], 0
+
+    def const(self, array, name: str | None = None) -> str:
+        name = name or f"c{len(self.inits)}"
+        self.inits.append(self.numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, domain: str = "", **attrs):
+        self.n += 1
+        outs = [f"{op_type.lower()}_{self.n}_{i}" for i in range(outputs)]
+        self.nodes.append(self.helper.make_node(op_type, list(inputs), outs, domain=domain, **attrs))
+        return outs[0] if outputs == 1 else outs
+
+
+def _linear(g: _Graph, x: str, layer: nn.Module) -> str:
+    """One linear layer: MatMulNBits on the fast path's packed codes (QLinear) or MatMul on the float weight."""
+    from course_lib.llm import kernels
+    from course_lib.llm.quant import QLinear
+
+    if isinstance(layer, QLinear):
+        block = kernels.check_fast_config(layer.bits, layer.group_size, layer.in_features)
+        b, s = kernels.to_matmulnbits(layer.int_weight(), layer.scale, layer.bits, block)
+        y = g.op("MatMulNBits", x, g.const(b), g.const(s), domain="com.microsoft", K=layer.in_features,
+                 N=layer.out_features, bits=layer.bits, block_size=block, accuracy_level=g.accuracy_level)
+    elif isinstance(layer, nn.Linear):
+        y = g.op("MatMul", x, g.const(layer.weight.detach().float().t().contiguous().numpy()))
+    else:
+        raise TypeError(f"expected nn.Linear or QLinear, got {type(layer).__name__}")
+    return y if layer.bias is None else g.op("Add", y, g.const(layer.bias.detach().float().numpy()))
+
+
+def _rms_norm(g: _Graph, x: str, norm: nn.Module) -> str:
+    return g.op("SimplifiedLayerNormalization", x, g.const(norm.weight.detach().float().numpy()), axis=-1,
+                epsilon=float(norm.eps))
+
+
+def _heads(g: _Graph, x: str, n_heads: int, head_dim: int) -> str:
+    """(1, T, n·d) → (1, n, T, d)."""
+    return g.op("Transpose", g.op("Reshape", x, g.const(np.array([1, -1, n_heads, head_dim]))), perm=[0, 2, 1, 3])
+
+
+def _rope(g: _Graph, x: str, cos: str, sin: str, head_dim: int) -> str:
+    """x·cos + rotate_half(x)·sin, rotate_half(x) = [-x2, x1] (the halves of the head dimension)."""
+    x1, x2 = g.op("Split", x, g.const(np.array([head_dim // 2, head_dim // 2])), outputs=2, axis=-1)
+    rotated = g.op("Concat", g.op("Neg", x2), x1, axis=-1)
+    return g.op("Add", g.op("Mul", x, cos), g.op("Mul", rotated, sin))
+
+
+def _attention(g: _Graph, x: str, attn: nn.Module, cos: str, sin: str, bias: str, i: int) -> tuple[str, list[str]]:
+    """W_pack → q, k, v → RoPE → append to the KV cache → grouped-query attention → o_proj."""
+    cfg = attn.cfg
+    h, kvh, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    qkv = _linear(g, x, attn.W_pack)
+    q, k, v = g.op("Split", qkv, g.const(np.array([cfg.q_size, cfg.kv_size, cfg.kv_size])), outputs=3, axis=-1)
+    q, k, v = _heads(g, q, h, d), _heads(g, k, kvh, d), _heads(g, v, kvh, d)
+    if cfg.position_embedding == "rope":
+        q, k = _rope(g, q, cos, sin, d), _rope(g, k, cos, sin, d)
+    k = g.op("Concat", f"past_key_{i}", k, axis=2)  # the cache: (1, kv_heads, past + T, d)
+    v = g.op("Concat", f"past_value_{i}", v, axis=2)
+    presents = [g.op("Identity", k), g.op("Identity", v)]
+    # GQA without copying k/v: the q heads sharing a kv head become one group (1, kv_heads, rep, T, d)
+    q5 = g.op("Reshape", g.op("Mul", q, g.const(np.float32(1 / math.sqrt(d)))), g.const(np.array([1, kvh, h // kvh, -1, d])))
+    k5, v5 = g.op("Unsqueeze", k, g.const(np.array([2]))), g.op("Unsqueeze", v, g.const(np.array([2])))
+    scores = g.op("Add", g.op("MatMul", q5, g.op("Transpose", k5, perm=[0, 1, 2, 4, 3])), bias)
+    out = g.op("MatMul", g.op("Softmax", scores, axis=-1), v5)  # (1, kv_heads, rep, T, d)
+    out = g.op("Reshape", g.op("Transpose", g.op("Reshape", out, g.const(np.array([1, h, -1, d]))), perm=[0, 2, 1, 3]),
+               g.const(np.array([1, -1, cfg.q_size])))
+    return _linear(g, out, attn.o_proj), presents
+
+
+def _layer(g: _Graph, x: str, layer: nn.Module, cos: str, sin: str, bias: str, i: int) -> tuple[str, list[str]]:
+    """One pre-norm decoder layer, as BaichuanLayer.forward: x + attn(norm(x)), then + mlp(norm(x))."""
+    a, presents = _attention(g, _rms_norm(g, x, layer.input_layernorm), layer.self_attn, cos, sin, bias, i)
+    x = g.op("Add", x, a)
+    h, mlp = _rms_norm(g, x, layer.post_attention_layernorm), layer.mlp
+    gate, up = _linear(g, h, mlp.gate_proj), _linear(g, h, mlp.up_proj)
+    swiglu = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)  # silu(gate) * up
+    return g.op("Add", x, _linear(g, swiglu, mlp.down_proj)), presents
+
+
+def build_decode_graph(model, accuracy_level: int | None = None):
+    """The ONNX model of one step of ``model`` (a BaichuanForCausalLM, float or quantized): see :class:`GraphDecoder`.
+
+    Inputs: ``input_ids`` (1, T) int64, ``cos``/``sin`` (T, head_dim) RoPE tables for the new positions, ``bias``
+    (1 or kv_heads, 1 or rep, T, past + T) additive attention bias (causal mask, ALiBi), ``past_key_i`` /
+    ``past_value_i`` (1, kv_heads, past, head_dim). Outputs: ``logits`` (1, T, vocab) and
+    ``present_key_i`` / ``present_value_i``. ``accuracy_level``: MatMulNBits' compute (default the fast path's, 4 =
+    int8 activations; 0 = float32, which reproduces the reference path to float rounding).
+    """
+    from onnx import TensorProto
+
+    from course_lib.llm.kernels import FAST_ACCURACY_LEVEL
+
+    cfg = model.config
+    g = _Graph(FAST_ACCURACY_LEVEL if accuracy_level is None else accuracy_level)
+    x = g.op("Gather", g.const(model.model.embed_tokens.weight.detach().float().numpy(), "embed_tokens"), "input_ids")
+    outputs = []
+    for i, layer in enumerate(model.model.layers):
+        x, presents = _layer(g, x, layer, "cos", "sin", "bias", i)
+        outputs += [(f"present_key_{i}", presents[0]), (f"present_value_{i}", presents[1])]
+    logits = _linear(g, _rms_norm(g, x, model.model.norm), model.lm_head)  # every position: perplexity needs them
+    for name, src in [("logits", logits)] + outputs:  # rename the graph outputs
+        g.nodes.append(g.helper.make_node("Identity", [src], [name]))
+    f32, kv = TensorProto.FLOAT, ["batch", cfg.num_key_value_heads, "past", cfg.head_dim]
+    inputs = [g.helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "T"]),
+              g.helper.make_tensor_value_info("cos", f32, ["T", cfg.head_dim]),
+              g.helper.make_tensor_value_info("sin", f32, ["T", cfg.head_dim]),
+              g.helper.make_tensor_value_info("bias", f32, ["bh", "r", "T", "S"])]
+    for i in range(cfg.num_hidden_layers):
+        inputs += [g.helper.make_tensor_value_info(f"past_{kind}_{i}", f32, kv) for kind in ("key", "value")]
+    outs = [g.helper.make_tensor_value_info("logits", f32, [1, "T", cfg.vocab_size])]
+    outs += [g.helper.make_tensor_value_info(name, f32, kv[:2] + ["total", cfg.head_dim]) for name, _ in outputs]
+    graph = g.helper.make_graph(g.nodes, "decode_step", inputs, outs, initializer=g.inits)
+    return g.helper.make_model(graph, opset_imports=[g.helper.make_opsetid("", OPSET),
+                                                     g.helper.make_opsetid("com.microsoft", 1)])
+
+
+class GraphDecoder:
+    """Greedy decoding with one onnxruntime call per token (:func:`build_decode_graph`); ``stream_ids`` like the model's."""
+
+    def __init__(self, model, threads: int | None = None, accuracy_level: int | None = None):
+        ort = hw.require("onnxruntime", "llm", what="the whole-graph decoder")
+        from course_lib.llm.baichuan import BaichuanForCausalLM
+
+        if not isinstance(model, BaichuanForCausalLM):
+            raise TypeError(f"GraphDecoder needs a BaichuanForCausalLM, got {type(model).__name__}")
+        self.source_model, self.config = model, model.config  # kept: the bytes per token are counted on it
+        proto = build_decode_graph(model, accuracy_level)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads or torch.get_num_threads()
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        # > 2 GB protobufs cannot be serialized in one piece: larger models would need external data
+        self.session = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+    def _feeds(self, ids: torch.Tensor, past) -> dict:
+        from course_lib.llm.baichuan import attention_bias, rope_cos_sin
+
+        cfg = self.config
+        t, past_len = ids.shape[1], past[0].shape[2]
+        cos, sin = rope_cos_sin(torch.arange(past_len, past_len + t), cfg.head_dim, cfg.rope_theta)
+        bias = attention_bias(cfg, t, past_len)  # (heads or 1, T, S)
+        rep = cfg.num_attention_heads // cfg.num_key_value_heads
+        bias = bias.view(1, 1, 1, t, -1)[0] if bias.shape[0] == 1 else bias.view(cfg.num_key_value_heads, rep, t, -1)
+        feeds = {"input_ids": ids.to(torch.int64).numpy(), "cos": cos.numpy(), "sin": sin.numpy(),
+                 "bias": np.ascontiguousarray(bias.numpy())}
+        for i in range(cfg.num_hidden_layers):
+            feeds[f"past_key_{i}"], feeds[f"past_value_{i}"] = past[2 * i], past[2 * i + 1]
+        return feeds
+
+    def empty_cache(self) -> list[np.ndarray]:
+        cfg = self.config
+        empty = np.zeros((1, cfg.num_key_value_heads, 0, cfg.head_dim), dtype=np.float32)
+        return [empty] * (2 * cfg.num_hidden_layers)
+
+    def step(self, ids: torch.Tensor, past=None) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """Logits (vocab,) of the last of ``ids`` (1, T) and the new cache, continuing from ``past``."""
+        past = self.empty_cache() if past is None else past
+        out = self.session.run(None, self._feeds(ids, past))
+        return torch.from_numpy(out[0][0, -1]), out[1:]
+
+    def __call__(self, input_ids: torch.Tensor):
+        """``.logits`` (1, T, vocab) of a whole sequence from an empty cache, like the model's forward (perplexity)."""
+        ids = torch.as_tensor(input_ids)
+        ids = ids[None] if ids.dim() == 1 else ids
+        out = self.session.run(["logits"], self._feeds(ids, self.empty_cache()))
+        return SimpleNamespace(logits=torch.from_numpy(out[0]))
+
+    def stream_ids(self, input_ids, max_new_tokens: int = 64, eos_token_id=None, **kw):
+        """Yield greedy token ids one at a time (sampling options are not supported here: a ValueError names them)."""
+        greedy = {"do_sample": False, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0,
+                  "generator": None, "use_cache": True}
+        def same(v, default):  # True == 1 in Python: a bool only matches a bool
+            return v is default or (not isinstance(v, bool) and v == default)
+
+        unsupported = sorted(k for k, v in kw.items() if k not in greedy or not same(v, greedy[k]))
+        if unsupported:
+            raise ValueError(f"GraphDecoder decodes greedily; unsupported options: {unsupported}")
+        ids = torch.as_tensor(input_ids)
+        ids = ids[None] if ids.dim() == 1 else ids
+        if ids.shape[0] != 1 or ids.shape[1] == 0:
+            raise ValueError(f"GraphDecoder needs one non-empty sequence, got shape {tuple(ids.shape)}")
+        eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
+        past, step_in = None, ids
+        for _ in range(max_new_tokens):
+            logits, past = self.step(step_in, past)
+            nxt = int(logits.argmax())
+            yield nxt
+            if nxt in eos:
+                return
+            step_in = torch.tensor([[nxt]])

@@ -1,0 +1,85 @@
+"""Lesson 3: the whole decoding step as one onnxruntime graph (course_lib.llm.onnx_decode) against the eager model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from course_lib.llm import decode, onnx_decode
+from course_lib.llm.baichuan import BaichuanConfig, BaichuanForCausalLM
+from course_lib.llm.convert import from_llama, tiny_llama
+
+# accuracy_level=0 (float compute) must reproduce the eager reference path to float rounding; the default
+# (int8 activations, what the fast path uses) differs from the eager fast path only by where the activation
+# rounding flips, well inside the fast kernel's own 2 % tolerance against the reference.
+EXACT_ATOL = 1e-4
+REL_TOL = 0.02
+
+
+def _model(bits=None, group_size=None, kernel="reference", lm_head=False, seed=0):
+    m = from_llama(tiny_llama(seed=seed)).eval()  # GQA: 4 heads, 2 kv heads
+    return m.quantize(bits, group_size, kernel=kernel, lm_head=lm_head) if bits else m
+
+
+@pytest.mark.parametrize("bits,group_size,lm_head", [(None, None, False), (8, None, True), (4, 32, 8), (4, None, False)])
+def test_graph_float_compute_matches_the_reference_path(bits, group_size, lm_head):
+    model = _model(bits, group_size, lm_head=lm_head)
+    dec = onnx_decode.GraphDecoder(model, accuracy_level=0)
+    ids = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(ids).logits
+        assert (dec(ids).logits - full).abs().max() <= EXACT_ATOL  # every position (perplexity uses them)
+        # prefill 5 tokens, then one token at a time through the KV cache
+        logits, past = dec.step(ids[:, :5])
+        assert (logits - full[0, 4]).abs().max() <= EXACT_ATOL
+        for t in range(5, 9):
+            logits, past = dec.step(ids[:, t:t + 1], past)
+            assert (logits - full[0, t]).abs().max() <= EXACT_ATOL
+        assert past[0].shape == (1, model.config.num_key_value_heads, 9, model.config.head_dim)
+        assert list(dec.stream_ids(ids, 6)) == list(model.stream_ids(ids, 6))
+
+
+def test_graph_int8_compute_matches_the_fast_path():
+    model = _model(4, 32, kernel="fast", lm_head=8)
+    dec = onnx_decode.GraphDecoder(model)
+    ids = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = model(ids).logits
+        assert float((dec(ids).logits - ref).abs().max() / ref.abs().max()) <= REL_TOL
+
+
+def test_graph_handles_alibi():
+    cfg = BaichuanConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                         position_embedding="alibi", max_position_embeddings=64)
+    torch.manual_seed(3)
+    model = BaichuanForCausalLM(cfg).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.1)
+    ids = torch.randint(0, 64, (1, 7))
+    dec = onnx_decode.GraphDecoder(model, accuracy_level=0)
+    with torch.no_grad():
+        assert (dec(ids).logits - model(ids).logits).abs().max() <= EXACT_ATOL
+        logits, past = dec.step(ids[:, :6])
+        logits, _ = dec.step(ids[:, 6:], past)
+        assert (logits - model(ids).logits[0, -1]).abs().max() <= EXACT_ATOL
+
+
+def test_graph_variant_in_the_decoding_benchmark():
+    fp = _model()
+    v = decode.Variant("int8 graph", 8, None, "fast", lm_head=True, graph=True)
+    dec = v.build(fp)
+    assert isinstance(dec, onnx_decode.GraphDecoder) and dec.source_model is not fp
+    (r, mb), = decode.interleaved(fp, [v], torch.tensor([[3, 4, 5]]), new_tokens=4, warmup=0, repeat=1, progress=False)
+    assert r.items == 4 and len(r.times_s) == 1
+    assert 0 < mb < 4 * sum(p.numel() for p in fp.parameters()) / 1e6 / 3  # int8 layout: under a third of fp32
+
+
+def test_graph_bad_input():
+    with pytest.raises(TypeError, match="BaichuanForCausalLM"):
+        onnx_decode.GraphDecoder(torch.nn.Linear(4, 4))
+    dec = onnx_decode.GraphDecoder(_model())
+    with pytest.raises(ValueError, match="greedily.*do_sample"):
+        next(dec.stream_ids(torch.tensor([[1, 2]]), 3, do_sample=True))
+    with pytest.raises(ValueError, match="non-empty"):
+        next(dec.stream_ids(torch.zeros(1, 0, dtype=torch.long), 3))
+    assert len(list(dec.stream_ids(torch.tensor([[1, 2]]), 3, do_sample=False, temperature=1.0, use_cache=True))) == 3
