@@ -46,17 +46,18 @@ def test_fast_matches_reference(bits, group_size, out_f, in_f):
 
 
 def test_per_row_blocks_are_q8_0_sized():
-    """Per-row int8 uses blocks of 32 (the activation rounding block, as llama.cpp's Q8_0), else 16 or 64."""
+    """Blocks of at most 32 (the activation rounding block, as llama.cpp's Q8_0); 16 where 32 does not fit."""
     assert kernels.check_fast_config(8, None, 576) == 32
     assert kernels.check_fast_config(8, None, 1536) == 32
     assert kernels.check_fast_config(8, None, 48) == 16
-    assert kernels.check_fast_config(4, 64, 576) == 64  # a group size is the block
+    assert kernels.check_fast_config(4, 64, 576) == 32  # a group of 64: its scale repeated for two blocks of 32
+    assert kernels.check_fast_config(4, 16, 576) == 16
 
 
 def test_layout_conversion_is_exact():
     """MatMulNBits' unsigned codes + repeated scales dequantise to exactly the reference weight."""
     w = torch.randn(8, 128) * 0.1
-    for bits, gs in [(8, None), (4, 32), (4, None)]:
+    for bits, gs in [(8, None), (4, 32), (4, None), (4, 64), (8, 128)]:
         layer = QLinear(bits, w, group_size=gs)
         block = kernels.check_fast_config(bits, gs, 128)
         b, s = kernels.to_matmulnbits(layer.int_weight(), layer.scale, bits, block)

@@ -21,7 +21,8 @@ REQUIRED_METRICS = {
     + ["l3.converter_max_abs_diff", "l3.tokens_per_s_fp32", "l3.tokens_per_s_int8", "l3.tokens_per_s_int4",
        "l3.tokens_per_s_int8_fast", "l3.tokens_per_s_int4g_fast", "l3.decode_speedup_int8_fast", "l3.decode_speedup_int4g_fast",
        "l3.ppl_int8_fast_zh", "l3.ppl_int4g_fast_zh", "l3.tokens_per_s_llamacpp_q8_0", "l3.tokens_per_s_llamacpp_q4_1",
-       "l3.tokens_per_s_llamacpp_f32", "l3.memory_bandwidth_gbs"],
+       "l3.tokens_per_s_llamacpp_f32", "l3.memory_bandwidth_gbs", "l3.tokens_per_s_fp32_graph", "l3.tokens_per_s_int8_graph",
+       "l3.tokens_per_s_int4g_graph", "l3.graph_vs_llamacpp_q8_0", "l3.graph_vs_llamacpp_q4_1"],
     "04_tvm_autotuning": ["l4.gflops_naive", "l4.gflops_hand", "l4.gflops_numpy", "l4.gflops_torch", "l4.gflops_best_template",
                           "l4.gflops_metaschedule", "l4.metaschedule_vs_torch", "l4.peak_gflops_estimate",
                           "l4.relax_max_abs_diff", "l4.relax_vs_torch_latency_ratio"],
@@ -61,6 +62,7 @@ BANDS: dict[str, tuple[float | None, float | None]] = {
     "l3.tokens_per_s_*": (1e-9, None),
     "l3.decode_speedup_*": (1e-9, None),
     "l3.memory_bandwidth_gbs": (1e-9, None),
+    "l3.graph_vs_llamacpp_*": (1e-9, None),
     "l3.ppl_int8_fast_zh": (L3_PPL["int8_zh"] * 0.98, L3_PPL["int8_zh"] * 1.02),  # and within 0.75 % of this run's int8 (relations)
     "l3.ppl_int4g_fast_zh": (L3_PPL["int4g_zh"] * 0.98, L3_PPL["int4g_zh"] * 1.02),
     "l4.relax_max_abs_diff": (0.0, 1e-4),

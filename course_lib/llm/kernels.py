@@ -25,8 +25,9 @@ vector to int8 per block and computes int8·int8 dot products (AVX-512 VNNI / AV
 
 Layout conversion (once, at ``set_kernel``): MatMulNBits stores unsigned codes with an implicit
 zero point (``q + 128`` for 8 bits, ``q + 8`` for 4 bits, two 4-bit codes per byte, low nibble
-first) in blocks of ``block_size`` columns with one float32 scale per (row, block). A per-row
-int8 scale is repeated for every block of its row (the same numbers, exactly). onnxruntime
+first) in blocks of ``block_size`` columns with one float32 scale per (row, block). Blocks are at
+most 32 columns (:data:`ACT_BLOCK`, the activation rounding block): a per-row scale or a group of 64
+is repeated for every block it covers (the same numbers, exactly). onnxruntime
 pre-packs the initializers into its own tiled layout, so the fast layer holds a second copy of
 the weights next to the reference storage (which stays, for ``state_dict`` and the reference path).
 """
@@ -48,10 +49,13 @@ FAST_BITS = (4, 8)
 FAST_GROUP_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits block sizes: powers of two >= 16
 FAST_ACCURACY_LEVEL = 4  # int8 activations, int8 dot products (0 = float32 compute, slow for 8 bits)
 # With accuracy_level 4, MLAS rounds the activation vector to int8 per block of the weight's block size, so the
-# block also sets the activation error. Measured on SmolLM2 (int8 per-row weights, zh / en perplexity vs the
-# reference path, 2 × 512 tokens): block 64 +0.98 % / +0.26 %, block 32 +0.41 % / +0.26 %, block 16 +0.39 % / -0.26 %.
-# Blocks of 32 (llama.cpp's Q8_0 block) keep it under 0.5 % for 4 more bytes of scale per 32 weights.
-PER_ROW_BLOCKS = (32, 16, 64)
+# block also sets the activation error. Measured on SmolLM2 (perplexity zh / en vs the reference path of the same
+# format, 2 × 512 tokens): int8 per row, block 64 +0.98 % / +0.26 %, block 32 +0.41 % / +0.26 %, block 16
+# +0.39 % / -0.26 %; int4 g64, block 64 -0.03 % / +0.53 %, block 32 -0.13 % / +0.24 %. So the block is at most 32
+# values (llama.cpp's Q8_0 block, the one it rounds activations to as well): a per-row scale, or a group of 64, is
+# the same scale repeated for each block of 32 — the weights are unchanged, 4 bytes of scale per 32 weights.
+ACT_BLOCK = 32
+PER_ROW_BLOCKS = (32, 16)
 SMOLLM2_SHAPES = ((576, 576), (192, 576), (960, 576), (1536, 576), (576, 1536), (49152, 576))
 
 
@@ -63,14 +67,14 @@ def check_fast_config(bits, group_size, in_features: int) -> int:
     """The MatMulNBits block size for (bits, group_size, in_features); ValueError naming what is supported."""
     if isinstance(bits, bool) or bits not in FAST_BITS:
         raise ValueError(f"kernel 'fast' supports bits {FAST_BITS}, got {bits!r}")
-    if group_size is None:  # per-row scale, repeated per block; blocks of 32 like llama.cpp's Q8_0 (see PER_ROW_BLOCKS)
+    if group_size is None:  # per-row scale, repeated per block of 32 (see ACT_BLOCK)
         for block in PER_ROW_BLOCKS:
             if in_features % block == 0:
                 return block
         raise ValueError(f"kernel 'fast' needs in_features to be a multiple of 16 for per-row scales, got {in_features}")
     if group_size not in FAST_GROUP_SIZES:
         raise ValueError(f"kernel 'fast' supports group_size None (per row) or {FAST_GROUP_SIZES}, got {group_size!r}")
-    return int(group_size)
+    return min(int(group_size), ACT_BLOCK)  # a larger group: its scale repeated for each block of 32
 
 
 def to_matmulnbits(q: torch.Tensor, scale: torch.Tensor, bits: int, block: int) -> tuple[np.ndarray, np.ndarray]:

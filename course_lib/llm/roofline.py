@@ -96,7 +96,8 @@ def plot_roofline(bandwidth_gbs: float, points, ax=None, title: str | None = Non
     """Tokens/s against MB of weights per token: the ceiling curve bandwidth/bytes and each measured variant.
 
     ``points``: iterable of dicts with ``variant``, ``mb_per_token``, ``tokens_per_s`` and optionally
-    ``p10``/``p90`` (drawn as an error bar) and ``peer`` (llama.cpp points get a different marker).
+    ``p10``/``p90`` (drawn as an error bar), and ``peer`` (llama.cpp: orange squares) or ``graph`` (one
+    onnxruntime graph per token: green diamonds); the other points are blue circles.
     """
     import matplotlib.pyplot as plt
     import numpy as np
@@ -117,8 +118,8 @@ def plot_roofline(bandwidth_gbs: float, points, ax=None, title: str | None = Non
         err = None
         if "p10" in p and "p90" in p:
             err = [[max(0.0, y - p["p10"])], [max(0.0, p["p90"] - y)]]
-        ax.errorbar([p["mb_per_token"]], [y], yerr=err, fmt="s" if peer else "o", ms=7, capsize=3,
-                    color="tab:orange" if peer else "tab:blue")
+        fmt, color = ("s", "tab:orange") if peer else ("D", "tab:green") if p.get("graph") else ("o", "tab:blue")
+        ax.errorbar([p["mb_per_token"]], [y], yerr=err, fmt=fmt, ms=7, capsize=3, color=color)
         ax.annotate(p["variant"], (p["mb_per_token"], y), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xlim(0, xmax)
     ax.set_ylim(0, ymax)
