@@ -264,3 +264,31 @@ def test_interleaved_decoding_times_every_variant_once_per_round():
     assert mb["int8 ref"] < mb["fp32"]  # int8 linears: fewer bytes read per token
     with pytest.raises(ValueError, match="repeat >= 1"):
         decode.interleaved(model, [decode.OURS["fp32"]], ids, new_tokens=5, warmup=0, repeat=0)
+
+
+def test_small_fast_layers_run_on_one_thread():
+    """A small batch-1 GEMV gets one onnxruntime thread (a second would not wake in time); big ones and explicit counts keep theirs."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        small = kernels.FastLinear(torch.zeros(64, 64, dtype=torch.int8), torch.ones(64), 8, None)
+        assert small.session.get_session_options().intra_op_num_threads == 1
+        told = kernels.FastLinear(torch.zeros(64, 64, dtype=torch.int8), torch.ones(64), 8, None, threads=2)
+        assert told.session.get_session_options().intra_op_num_threads == 2
+        big = kernels.FastLinear(torch.zeros(4096, 1024, dtype=torch.int8), torch.ones(4096), 8, None)
+        assert big.session.get_session_options().intra_op_num_threads == 2
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_roofline_plot_marks_each_kind():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    pts = [{"variant": "a", "mb_per_token": 100.0, "tokens_per_s": 10.0, "p10": 9.0, "p90": 11.0},
+           {"variant": "b", "mb_per_token": 50.0, "tokens_per_s": 40.0, "graph": True},
+           {"variant": "c", "mb_per_token": 50.0, "tokens_per_s": 45.0, "peer": True}]
+    ax = roofline.plot_roofline(20.0, pts)
+    markers = [line.get_marker() for line in ax.lines[1:] if line.get_marker() != "_"]  # "_": error-bar caps
+    assert markers == ["o", "D", "s"]
+    assert ax.get_ylim()[0] == 0 and ax.get_xlim()[0] == 0

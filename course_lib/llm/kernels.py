@@ -115,12 +115,18 @@ def matmulnbits_session(b: np.ndarray, scales: np.ndarray, bits: int, block: int
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
+# A batch-1 GEMV over fewer weights than this finishes before a second thread has woken up (sessions do not spin):
+# such layers get one thread unless told otherwise (SmolLM2: every decoder linear; its 28 M-weight head gets them all).
+SINGLE_THREAD_BELOW = 2**22
+
+
 class FastLinear:
     """Batch-any fused int8/int4 weight-only matmul through MatMulNBits; the callable behind ``kernel='fast'``."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, bits: int, group_size: int | None,
                  bias: torch.Tensor | None = None, threads: int | None = None):
         self.out_features, self.in_features = q.shape
+        threads = threads or (1 if q.numel() < SINGLE_THREAD_BELOW else torch.get_num_threads())
         self.block = check_fast_config(bits, group_size, self.in_features)
         b, s = to_matmulnbits(q, scale, bits, self.block)
         self.session = matmulnbits_session(b, s, bits, self.block, self.in_features, threads)
