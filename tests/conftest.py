@@ -37,3 +37,20 @@ def require_extra(module: str, extra: str):
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"{module} is missing in CI (the '{extra}' extra must be installed: {how}): {e}", pytrace=False)
         pytest.skip(f"needs {module}: {how}", allow_module_level=True)
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache():
+    """Build the dequantised SmolLM2 cache once per session (1–3 min the first time), so the real-model tests always run
+    (whichever test file comes first); skipped only where the weights package is absent, failed in CI."""
+    import os
+
+    from course_lib.llm import smollm2
+
+    try:
+        smollm2.gguf_path()
+    except smollm2.ModelFilesMissing as e:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"SmolLM2 weights missing in CI: {e}", pytrace=False)
+        pytest.skip(str(e))
+    return smollm2.ensure_cached(verbose=False)

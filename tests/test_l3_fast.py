@@ -145,11 +145,8 @@ def test_compare_kernels_table_checks_every_candidate():
     assert (fast.max_err < 0.05).all()
 
 
-def test_real_model_logits_fast_vs_reference():
-    from course_lib.llm import smollm2
-
-    if not smollm2._cache_complete(smollm2.cache_path()):
-        pytest.skip("SmolLM2 cache not built (notebook 03 / test_l3_llm build it)")
+@pytest.mark.slow
+def test_real_model_logits_fast_vs_reference(smollm2_cache):
     from course_lib.llm.convert import load_smollm2_baichuan
 
     fp, tok = load_smollm2_baichuan(verbose=False)

@@ -405,22 +405,6 @@ def test_memory_estimator_baichuan_13b():
     assert 13 < gib[1] < 15.8 and 7 < gib[2] < 9.7   # the rest of the published figure is runtime memory
 
 
-@pytest.fixture(scope="session")
-def smollm2_cache():
-    """Build the dequantised SmolLM2 cache once per session (1–3 min the first time), so the test always runs."""
-    import os
-
-    from course_lib.llm import smollm2
-
-    try:
-        smollm2.gguf_path()
-    except smollm2.ModelFilesMissing as e:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"SmolLM2 weights missing in CI: {e}", pytrace=False)
-        pytest.skip(str(e))
-    return smollm2.ensure_cached(verbose=False)
-
-
 @pytest.mark.slow
 def test_real_smollm2_parity(smollm2_cache):
     """The converted SmolLM2 gives transformers' logits, and int8 halves its linear bytes."""
