@@ -258,6 +258,21 @@ def _kernel_env(values: dict[str, str]):
                 os.environ[k] = v
 
 
+def _ipc_kernel_manager():
+    """jupyter_client's kernel manager, talking to the kernel over Unix sockets in Jupyter's private runtime folder.
+
+    The default is TCP on localhost without encryption, which any local user could connect to and which
+    ipykernel 7 warns about on the terminal of every run; a kernel the runner starts and stops needs no network.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum
+
+    class IPCKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+    return IPCKernelManager
+
+
 def solutions_file(spec: NotebookSpec, folder: Path | None = None) -> Path:
     """Where the solutions of a notebook's exercises live: ``solutions/NN_name.py``."""
     return (folder or paths.solutions_dir()) / f"{spec.stem}.py"
@@ -312,6 +327,7 @@ def execute_one(spec: NotebookSpec, profile: str, out: Path, kernel: str, timeou
                 progress_bar=False,
                 log_output=False,
                 execution_timeout=timeout or spec.timeout[profile],
+                kernel_manager_class=_ipc_kernel_manager(),
             )
     except PapermillExecutionError as e:
         if e.ename == "SkipLesson":

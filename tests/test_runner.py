@@ -56,6 +56,9 @@ def test_run_keeps_going_and_reports_each_status(fixture_run):
     assert skipped["status"] == "skipped" and skipped["error"] is None
     assert skipped["skip_reason"] == "skipped: this fixture needs 64 GPUs (found 0)"
 
+    # the kernel talks to the runner over Unix sockets, not unencrypted TCP (ipykernel warns on the terminal about that)
+    assert "Kernel is running over TCP" not in proc.stderr, proc.stderr
+
     md = (out / "report.md").read_text()
     assert "| 01_fail | ❌ failed |" in md and "this fixture needs 64 GPUs" in md and "| t0.size | 30 | items |" in md
 
