@@ -19,7 +19,7 @@ REQUIRED_METRICS = {
     "03_llm_quantization": ["l3.int8_weight_bytes_ratio", "l3.int4_weight_bytes_ratio", "l3.int4g_weight_bytes_ratio"]
     + [f"l3.ppl_{q}_{lang}" for q in ("fp32", "int8", "int4", "int4g") for lang in ("zh", "en")]
     + ["l3.converter_max_abs_diff", "l3.tokens_per_s_fp32", "l3.tokens_per_s_int8", "l3.tokens_per_s_int4",
-       "l3.tokens_per_s_int8_fast", "l3.tokens_per_s_int4g_fast", "l3.decode_speedup_int8_fast", "l3.decode_speedup_int4g_fast",
+       "l3.tokens_per_s_int8_fast", "l3.tokens_per_s_int4g_fast", "l3.tokens_per_s_fp32_interleaved", "l3.decode_speedup_int8_fast", "l3.decode_speedup_int4g_fast",
        "l3.ppl_int8_fast_zh", "l3.ppl_int4g_fast_zh", "l3.tokens_per_s_llamacpp_q8_0", "l3.tokens_per_s_llamacpp_q4_1",
        "l3.tokens_per_s_llamacpp_f32", "l3.memory_bandwidth_gbs", "l3.tokens_per_s_fp32_graph", "l3.tokens_per_s_int8_graph",
        "l3.tokens_per_s_int4g_graph", "l3.graph_vs_llamacpp_q8_0", "l3.graph_vs_llamacpp_q4_1"],
@@ -99,6 +99,10 @@ def relations(recorded: dict) -> list[str]:
         if fast is not None and ref is not None and abs(fast / ref - 1) > 0.0075:
             bad.append(f"lesson 3: {fmt} fast perplexity {fast:.3f} is {fast / ref - 1:+.2%} from the reference {ref:.3f} "
                        "(target 0.5 %, asserted 0.75 %: MLAS picks its int8 code path by CPU)")
+    for fmt in ("int8", "int4g"):  # a speed-up is the fast rate over the fp32 timed in the same interleaved rounds
+        names = (f"l3.decode_speedup_{fmt}_fast", f"l3.tokens_per_s_{fmt}_fast", "l3.tokens_per_s_fp32_interleaved")
+        if all(n in v for n in names) and abs(v[names[0]] * v[names[2]] / v[names[1]] - 1) > 1e-9:
+            bad.append(f"lesson 3: {names[0]} = {v[names[0]]:.4g} is not {names[1]} / {names[2]}")
     if all(k in v for k in ("l5.map_fp32", "l5.map_int8_sensitive", "l5.map_onnx_int8")):
         fp, sens, onnx = v["l5.map_fp32"], v["l5.map_int8_sensitive"], v["l5.map_onnx_int8"]
         if sens < fp - 0.02 or abs(onnx - sens) > 0.01:
@@ -202,6 +206,10 @@ def test_relations_catch_a_broken_perplexity_order():
     assert relations(near) == []
     drifted = {**good, "l3.ppl_int8_fast_zh": {"value": L3_PPL["int8_zh"] * 1.0098, "unit": ""}}
     assert relations(drifted) and "int8 fast perplexity" in relations(drifted)[0]
+    rates = {"l3.tokens_per_s_int8_fast": {"value": 23.0, "unit": ""}, "l3.tokens_per_s_fp32_interleaved": {"value": 14.0, "unit": ""}}
+    assert relations({**good, **rates, "l3.decode_speedup_int8_fast": {"value": 23.0 / 14.0, "unit": ""}}) == []
+    wrong = relations({**good, **rates, "l3.decode_speedup_int8_fast": {"value": 23.0 / 13.0, "unit": ""}})
+    assert wrong and "is not l3.tokens_per_s_int8_fast" in wrong[0]
 
 
 def test_bands_flag_values_outside_and_accept_values_inside():
