@@ -289,3 +289,11 @@ def test_roofline_plot_marks_each_kind():
     markers = [line.get_marker() for line in ax.lines[1:] if line.get_marker() != "_"]  # "_": error-bar caps
     assert markers == ["o", "D", "s"]
     assert ax.get_ylim()[0] == 0 and ax.get_xlim()[0] == 0
+    # b and c sit 5 tokens/s apart at the same x: their labels still do not overlap each other or a marker
+    renderer = ax.figure.canvas.get_renderer()
+    boxes = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}
+    assert set(boxes) == {"a", "b", "c"}
+    assert not any(boxes[i].overlaps(boxes[j]) for i in boxes for j in boxes if i < j)
+    for p in pts:
+        x, y = ax.transData.transform((p["mb_per_token"], p["tokens_per_s"]))
+        assert not any(b.contains(x, y) for b in boxes.values())

@@ -92,6 +92,33 @@ def ceilings(bandwidth_gbs: float, bytes_per_token: dict[str, float]):
     return pd.DataFrame(rows)
 
 
+# Label positions tried around a point, in points (dx, dy, horizontal alignment): right, below, left, above, further out.
+_LABEL_SPOTS = [(6, 4, "left"), (6, -12, "left"), (-6, 4, "right"), (-6, -12, "right"), (6, 14, "left"),
+                (6, -22, "left"), (-6, 14, "right"), (-6, -22, "right"), (6, 24, "left"), (6, -32, "left")]
+
+
+def _label_points(ax, labels):
+    """Annotate (text, x, y) points so that no label overlaps another or a marker (the first free spot of
+    :data:`_LABEL_SPOTS`)."""
+    from matplotlib.transforms import Bbox
+
+    renderer = ax.figure.canvas.get_renderer()
+    r = 4 * ax.figure.dpi / 72  # a marker's half-size in pixels
+    placed = [Bbox.from_extents(px - r, py - r, px + r, py + r)
+              for px, py in (ax.transData.transform((x, y)) for _, x, y in labels)]
+    for text, x, y in sorted(labels, key=lambda t: -t[2]):
+        for dx, dy, ha in _LABEL_SPOTS:
+            a = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=8)
+            box = a.get_window_extent(renderer).padded(2)
+            if not any(box.overlaps(b) for b in placed):
+                break
+            a.remove()
+        else:  # crowded everywhere: keep the first spot
+            a = ax.annotate(text, (x, y), textcoords="offset points", xytext=_LABEL_SPOTS[0][:2], fontsize=8)
+            box = a.get_window_extent(renderer)
+        placed.append(box)
+
+
 def plot_roofline(bandwidth_gbs: float, points, ax=None, title: str | None = None):
     """Tokens/s against MB of weights per token: the ceiling curve bandwidth/bytes and each measured variant.
 
@@ -120,9 +147,9 @@ def plot_roofline(bandwidth_gbs: float, points, ax=None, title: str | None = Non
             err = [[max(0.0, y - p["p10"])], [max(0.0, p["p90"] - y)]]
         fmt, color = ("s", "tab:orange") if peer else ("D", "tab:green") if p.get("graph") else ("o", "tab:blue")
         ax.errorbar([p["mb_per_token"]], [y], yerr=err, fmt=fmt, ms=7, capsize=3, color=color)
-        ax.annotate(p["variant"], (p["mb_per_token"], y), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xlim(0, xmax)
     ax.set_ylim(0, ymax)
+    _label_points(ax, [(p["variant"], p["mb_per_token"], p["tokens_per_s"]) for p in points])
     ax.set_xlabel("MB of weights read per generated token")
     ax.set_ylabel("tokens/s (batch 1, greedy)")
     ax.set_title(title or "Decoding roofline: ours (circles) and llama.cpp (squares)")
