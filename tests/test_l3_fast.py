@@ -283,17 +283,23 @@ def test_roofline_plot_marks_each_kind():
 
     matplotlib.use("Agg")
     pts = [{"variant": "a", "mb_per_token": 100.0, "tokens_per_s": 10.0, "p10": 9.0, "p90": 11.0},
-           {"variant": "b", "mb_per_token": 50.0, "tokens_per_s": 40.0, "graph": True},
-           {"variant": "c", "mb_per_token": 50.0, "tokens_per_s": 45.0, "peer": True}]
+           {"variant": "b (one graph)", "mb_per_token": 5.0, "tokens_per_s": 40.0, "graph": True},
+           {"variant": "c (llama.cpp)", "mb_per_token": 5.0, "tokens_per_s": 45.0, "peer": True}]
     ax = roofline.plot_roofline(20.0, pts)
     markers = [line.get_marker() for line in ax.lines[1:] if line.get_marker() != "_"]  # "_": error-bar caps
     assert markers == ["o", "D", "s"]
     assert ax.get_ylim()[0] == 0 and ax.get_xlim()[0] == 0
-    # b and c sit 5 tokens/s apart at the same x: their labels still do not overlap each other or a marker
+    # a crowd at the left edge: the right-hand spots run out, and no label may leave the axes on the left
+    pts += [{"variant": f"crowded variant {i}", "mb_per_token": 5.0, "tokens_per_s": 60.0 + 6 * i} for i in range(4)]
+    ax = roofline.plot_roofline(20.0, pts)
+    # b and c sit 5 tokens/s apart at the same x near the left edge: their labels overlap neither each other nor a
+    # marker, and stay inside the axes
     renderer = ax.figure.canvas.get_renderer()
-    boxes = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}
-    assert set(boxes) == {"a", "b", "c"}
+    boxes = {t.get_text(): roofline._text_box(t, renderer) for t in ax.texts}
+    assert set(boxes) == {p["variant"] for p in pts}
     assert not any(boxes[i].overlaps(boxes[j]) for i in boxes for j in boxes if i < j)
+    frame = ax.get_window_extent(renderer)
+    assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 for b in boxes.values())  # inside the axes
     for p in pts:
         x, y = ax.transData.transform((p["mb_per_token"], p["tokens_per_s"]))
         assert not any(b.contains(x, y) for b in boxes.values())

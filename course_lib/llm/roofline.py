@@ -94,28 +94,42 @@ def ceilings(bandwidth_gbs: float, bytes_per_token: dict[str, float]):
 
 # Label positions tried around a point, in points (dx, dy, horizontal alignment): right, below, left, above, further out.
 _LABEL_SPOTS = [(6, 4, "left"), (6, -12, "left"), (-6, 4, "right"), (-6, -12, "right"), (6, 14, "left"),
-                (6, -22, "left"), (-6, 14, "right"), (-6, -22, "right"), (6, 24, "left"), (6, -32, "left")]
+                (6, -22, "left"), (-6, 14, "right"), (-6, -22, "right")]
+_LABEL_SPOTS += [(dx, dy, ha) for dy in (24, -32, 34, -42, 44, -52) for dx, ha in ((6, "left"), (-6, "right"))]
+
+_LEADER = {"arrowstyle": "-", "lw": 0.6, "color": "0.45", "shrinkA": 0, "shrinkB": 4}  # label-to-point line
+
+
+def _text_box(annotation, renderer):
+    """Pixels an annotation's text covers, without its leader line."""
+    from matplotlib.text import Text
+
+    annotation.update_positions(renderer)
+    return Text.get_window_extent(annotation, renderer)
 
 
 def _label_points(ax, labels):
-    """Annotate (text, x, y) points so that no label overlaps another or a marker (the first free spot of
-    :data:`_LABEL_SPOTS`)."""
+    """Annotate (text, x, y) points so that no label overlaps another or a marker or leaves the axes (the first
+    free spot of :data:`_LABEL_SPOTS`); a label away from its point gets a thin leader line to it."""
     from matplotlib.transforms import Bbox
 
     renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
     r = 4 * ax.figure.dpi / 72  # a marker's half-size in pixels
     placed = [Bbox.from_extents(px - r, py - r, px + r, py + r)
               for px, py in (ax.transData.transform((x, y)) for _, x, y in labels)]
     for text, x, y in sorted(labels, key=lambda t: -t[2]):
         for dx, dy, ha in _LABEL_SPOTS:
-            a = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=8)
-            box = a.get_window_extent(renderer).padded(2)
-            if not any(box.overlaps(b) for b in placed):
+            leader = {"arrowprops": _LEADER} if abs(dy) > 12 else {}
+            a = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=8, **leader)
+            box = _text_box(a, renderer).padded(2)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(b) for b in placed):
                 break
             a.remove()
         else:  # crowded everywhere: keep the first spot
             a = ax.annotate(text, (x, y), textcoords="offset points", xytext=_LABEL_SPOTS[0][:2], fontsize=8)
-            box = a.get_window_extent(renderer)
+            box = _text_box(a, renderer)
         placed.append(box)
 
 
