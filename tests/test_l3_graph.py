@@ -37,6 +37,10 @@ def test_graph_float_compute_matches_the_reference_path(bits, group_size, lm_hea
             assert (logits - full[0, t]).abs().max() <= EXACT_ATOL
         assert past[0].shape == (1, model.config.num_key_value_heads, 9, model.config.head_dim)
         assert list(dec.stream_ids(ids, 6)) == list(model.stream_ids(ids, 6))
+        # sampling runs the model's own loop: the same seed draws the same tokens (chat's settings)
+        chat = dict(do_sample=True, temperature=0.7, top_k=5, top_p=0.9, repetition_penalty=1.1)
+        drawn = [list(m.stream_ids(ids, 8, generator=torch.Generator().manual_seed(4), **chat)) for m in (dec, model)]
+        assert drawn[0] == drawn[1] and drawn[0] != list(model.stream_ids(ids, 8))
 
 
 def test_graph_int8_compute_matches_the_fast_path():
@@ -78,8 +82,14 @@ def test_graph_bad_input():
     with pytest.raises(TypeError, match="BaichuanForCausalLM"):
         onnx_decode.GraphDecoder(torch.nn.Linear(4, 4))
     dec = onnx_decode.GraphDecoder(_model())
-    with pytest.raises(ValueError, match="greedily.*do_sample"):
-        next(dec.stream_ids(torch.tensor([[1, 2]]), 3, do_sample=True))
-    with pytest.raises(ValueError, match="non-empty"):
+    with pytest.raises(ValueError, match="KV cache"):
+        dec.stream_ids(torch.tensor([[1, 2]]), 3, use_cache=False)
+    with pytest.raises(ValueError, match="empty prompt"):
         next(dec.stream_ids(torch.zeros(1, 0, dtype=torch.long), 3))
+    with pytest.raises(ValueError, match="one sequence"):
+        next(dec.stream_ids(torch.ones(2, 3, dtype=torch.long), 3))
+    with pytest.raises(ValueError, match="temperature"):
+        next(dec.stream_ids(torch.tensor([[1, 2]]), 3, do_sample=True, temperature=0))
+    with pytest.raises(TypeError, match="beams"):
+        dec.stream_ids(torch.tensor([[1, 2]]), 3, beams=4)
     assert len(list(dec.stream_ids(torch.tensor([[1, 2]]), 3, do_sample=False, temperature=1.0, use_cache=True))) == 3

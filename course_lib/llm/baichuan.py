@@ -330,45 +330,17 @@ class BaichuanForCausalLM(nn.Module):
                    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_token_id=None,
                    use_cache: bool = True, generator: torch.Generator | None = None,
                    repetition_penalty: float = 1.0) -> Iterator[int]:
-        """Yield new token ids one at a time (greedy or sampled), using the KV cache unless ``use_cache=False``.
-
-        ``repetition_penalty`` > 1 (Baichuan's chat uses 1.1) divides positive / multiplies negative logits of
-        tokens already in the sequence, as transformers does.
-        """
-        if repetition_penalty <= 0:
-            raise ValueError("repetition_penalty must be > 0")
-        if max_new_tokens < 0:
-            raise ValueError("max_new_tokens must be >= 0")
-        if do_sample and temperature <= 0:
-            raise ValueError("temperature must be > 0 when sampling")
-        ids = torch.as_tensor(input_ids)
-        if ids.dim() == 1:
-            ids = ids[None]
-        if ids.shape[0] != 1:
-            raise ValueError("generation supports one sequence at a time (batch size 1)")
-        if ids.shape[1] == 0:
-            raise ValueError("cannot generate from an empty prompt")
-        eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
-        past = None
-        seq = ids
-        step_in = ids
-        for _ in range(max_new_tokens):
+        """Yield new token ids one at a time (greedy or sampled, see :func:`decode_stream`), using the KV cache
+        unless ``use_cache=False``."""
+        def step(step_in, past, seq):
             if use_cache:
                 out = self(step_in, past_key_values=past, use_cache=True, last_only=True)
-                past = out.past_key_values
-            else:
-                out = self(seq, last_only=True)
-            logits = out.logits[0, -1].float()
-            if repetition_penalty != 1.0:
-                seen = seq[0].unique()
-                picked = logits[seen]
-                logits[seen] = torch.where(picked > 0, picked / repetition_penalty, picked * repetition_penalty)
-            nxt = _choose(logits, do_sample, temperature, top_k, top_p, generator)
-            yield nxt
-            if nxt in eos:
-                return
-            step_in = torch.tensor([[nxt]], device=ids.device)
-            seq = torch.cat([seq, step_in], dim=1)
+                return out.logits[0, -1], out.past_key_values
+            return self(seq, last_only=True).logits[0, -1], None
+
+        yield from decode_stream(step, input_ids, max_new_tokens, do_sample=do_sample, temperature=temperature,
+                                 top_k=top_k, top_p=top_p, eos_token_id=eos_token_id, generator=generator,
+                                 repetition_penalty=repetition_penalty)
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 64, **kw) -> torch.Tensor:
         """Prompt + generated ids as one (1, n) tensor (see :meth:`stream_ids` for the options)."""
@@ -412,6 +384,47 @@ def _eos_ids(tokenizer, explicit) -> list[int]:
     if getattr(tokenizer, "eos_token_id", None) is not None:
         out.append(tokenizer.eos_token_id)
     return out
+
+
+def decode_stream(step, input_ids, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
+                  top_k: int = 0, top_p: float = 1.0, eos_token_id=None, generator: torch.Generator | None = None,
+                  repetition_penalty: float = 1.0) -> Iterator[int]:
+    """The decoding loop shared by the eager model and the one-graph decoder: yield new token ids one at a time.
+
+    ``step(step_in, past, seq) -> (logits of the last position, new past)`` runs the network on the new ids
+    ``step_in`` (the whole prompt first, then one token), continuing from ``past`` (None at the start); ``seq`` is
+    the prompt plus every token so far. Greedy, or sampled with temperature / top-k / top-p; ``repetition_penalty``
+    > 1 (Baichuan's chat uses 1.1) divides positive / multiplies negative logits of tokens already in the sequence,
+    as transformers does.
+    """
+    if repetition_penalty <= 0:
+        raise ValueError("repetition_penalty must be > 0")
+    if max_new_tokens < 0:
+        raise ValueError("max_new_tokens must be >= 0")
+    if do_sample and temperature <= 0:
+        raise ValueError("temperature must be > 0 when sampling")
+    ids = torch.as_tensor(input_ids)
+    if ids.dim() == 1:
+        ids = ids[None]
+    if ids.shape[0] != 1:
+        raise ValueError("generation supports one sequence at a time (batch size 1)")
+    if ids.shape[1] == 0:
+        raise ValueError("cannot generate from an empty prompt")
+    eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
+    past, seq, step_in = None, ids, ids
+    for _ in range(max_new_tokens):
+        logits, past = step(step_in, past, seq)
+        logits = logits.float()
+        if repetition_penalty != 1.0:
+            seen = seq[0].unique()
+            picked = logits[seen]
+            logits[seen] = torch.where(picked > 0, picked / repetition_penalty, picked * repetition_penalty)
+        nxt = _choose(logits, do_sample, temperature, top_k, top_p, generator)
+        yield nxt
+        if nxt in eos:
+            return
+        step_in = torch.tensor([[nxt]], device=ids.device)
+        seq = torch.cat([seq, step_in], dim=1)
 
 
 def _choose(logits, do_sample, temperature, top_k, top_p, generator) -> int:

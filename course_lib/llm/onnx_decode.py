@@ -159,7 +159,7 @@ def build_decode_graph(model, accuracy_level: int | None = None):
 
 
 class GraphDecoder:
-    """Greedy decoding with one onnxruntime call per token (:func:`build_decode_graph`); ``stream_ids`` like the model's."""
+    """Decoding with one onnxruntime call per token (:func:`build_decode_graph`); ``stream_ids`` like the model's."""
 
     def __init__(self, model, threads: int | None = None, accuracy_level: int | None = None):
         ort = hw.require("onnxruntime", "llm", what="the whole-graph decoder")
@@ -209,26 +209,12 @@ class GraphDecoder:
         out = self.session.run(["logits"], self._feeds(ids, self.empty_cache()))
         return SimpleNamespace(logits=torch.from_numpy(out[0]))
 
-    def stream_ids(self, input_ids, max_new_tokens: int = 64, eos_token_id=None, **kw):
-        """Yield greedy token ids one at a time (sampling options are not supported here: a ValueError names them)."""
-        greedy = {"do_sample": False, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0,
-                  "generator": None, "use_cache": True}
-        def same(v, default):  # True == 1 in Python: a bool only matches a bool
-            return v is default or (not isinstance(v, bool) and v == default)
+    def stream_ids(self, input_ids, max_new_tokens: int = 64, use_cache: bool = True, **kw):
+        """Yield new token ids one at a time, greedy or sampled: the model's own loop and options
+        (:func:`course_lib.llm.baichuan.decode_stream`), one onnxruntime call per token. The graph always reads
+        and extends its KV cache: ``use_cache=False`` is a ValueError."""
+        from course_lib.llm.baichuan import decode_stream
 
-        unsupported = sorted(k for k, v in kw.items() if k not in greedy or not same(v, greedy[k]))
-        if unsupported:
-            raise ValueError(f"GraphDecoder decodes greedily; unsupported options: {unsupported}")
-        ids = torch.as_tensor(input_ids)
-        ids = ids[None] if ids.dim() == 1 else ids
-        if ids.shape[0] != 1 or ids.shape[1] == 0:
-            raise ValueError(f"GraphDecoder needs one non-empty sequence, got shape {tuple(ids.shape)}")
-        eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
-        past, step_in = None, ids
-        for _ in range(max_new_tokens):
-            logits, past = self.step(step_in, past)
-            nxt = int(logits.argmax())
-            yield nxt
-            if nxt in eos:
-                return
-            step_in = torch.tensor([[nxt]])
+        if use_cache is not True:
+            raise ValueError("GraphDecoder always decodes with its KV cache (use_cache=False is not supported)")
+        return decode_stream(lambda step_in, past, seq: self.step(step_in, past), input_ids, max_new_tokens, **kw)
