@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import functools
 import json
 import os
 import sys
@@ -258,6 +259,7 @@ def _kernel_env(values: dict[str, str]):
                 os.environ[k] = v
 
 
+@functools.cache
 def _ipc_kernel_manager():
     """jupyter_client's kernel manager, talking to the kernel over Unix sockets in Jupyter's private runtime folder.
 

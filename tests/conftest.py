@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# CI=true: what would skip locally (a missing extra, missing weights) fails instead
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 @pytest.fixture(autouse=True)
@@ -28,13 +31,12 @@ def require_extra(module: str, extra: str):
     (``CI=true``) it fails, so a broken install can never turn a whole lesson green.
     """
     import importlib
-    import os
 
     try:
         return importlib.import_module(module)
     except ImportError as e:
         how = f"pip install -e '.[{extra}]'"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        if IN_CI:
             pytest.fail(f"{module} is missing in CI (the '{extra}' extra must be installed: {how}): {e}", pytrace=False)
         pytest.skip(f"needs {module}: {how}", allow_module_level=True)
 
@@ -43,14 +45,12 @@ def require_extra(module: str, extra: str):
 def smollm2_cache():
     """Build the dequantised SmolLM2 cache once per session (1–3 min the first time), so the real-model tests always run
     (whichever test file comes first); skipped only where the weights package is absent, failed in CI."""
-    import os
-
     from course_lib.llm import smollm2
 
     try:
         smollm2.gguf_path()
     except smollm2.ModelFilesMissing as e:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        if IN_CI:
             pytest.fail(f"SmolLM2 weights missing in CI: {e}", pytrace=False)
         pytest.skip(str(e))
     return smollm2.ensure_cached(verbose=False)

@@ -23,13 +23,12 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from bs4 import BeautifulSoup
 
-from conftest import FIXTURES
+from conftest import FIXTURES, IN_CI
 from course_lib import book, runner
 from course_lib.book import results
 
 NB = FIXTURES / "notebooks"
 PROFILES = FIXTURES / "profiles.yaml"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 @pytest.fixture(scope="session")

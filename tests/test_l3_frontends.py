@@ -123,7 +123,8 @@ def test_streamlit_app(monkeypatch):
     at.sidebar.checkbox[0].check().run()  # one onnxruntime graph per token: same conversation, new model
     at.chat_input[0].set_value("hello").run()
     assert not at.exception and len(at.chat_message) == 2
-    assert "one graph" in at.chat_message[1].caption[0].value and "tokens/s" in at.chat_message[1].caption[0].value
+    caption = at.chat_message[1].caption[0].value
+    assert "(float32, one onnxruntime graph per token)" in caption and "tokens/s" in caption
 
 
 @pytest.mark.parametrize("argv,needle", [

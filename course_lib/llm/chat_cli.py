@@ -89,6 +89,12 @@ def load_chat_model(bits: int = 16, tiny: bool = False, group_size: int | None =
     return model, tok
 
 
+def describe_setting(bits: int, kernel: str = "fast", graph: bool = False) -> str:
+    """How a chat front end names its model setting, e.g. 'int8 (fast kernel), one onnxruntime graph per token'."""
+    prec = "float32" if bits == 16 else f"int{bits} ({kernel} kernel)"
+    return prec + (", one onnxruntime graph per token" if graph else "")
+
+
 def check_quant_args(bits: int, group_size, kernel: str) -> None:
     """ValueError (one line naming what is accepted) for a group size / kernel the chosen quantization cannot use."""
     from course_lib.llm import kernels
@@ -214,8 +220,7 @@ def _start_session(args, con):
         con.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         return None
     name = "tiny random model" if args.tiny else "SmolLM2-135M (Baichuan layout)"
-    prec = "float32" if args.bits == 16 else f"int{args.bits} ({args.kernel} kernel)"
-    prec += ", one onnxruntime graph per token" if args.graph else ""
+    prec = describe_setting(args.bits, args.kernel, args.graph)
     return session, f"[bold]{name}[/], {prec}. Commands: clear, stream, history, help, exit. Ctrl-C stops an answer."
 
 

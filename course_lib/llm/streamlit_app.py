@@ -13,7 +13,7 @@ import os
 
 import streamlit as st
 
-from course_lib.llm.chat_cli import ChatSession, load_chat_model
+from course_lib.llm.chat_cli import ChatSession, describe_setting, load_chat_model
 
 TINY = bool(os.environ.get("COURSE_CHAT_TINY"))
 
@@ -68,7 +68,7 @@ if prompt is not None:
             box.markdown(text)
             st.caption(f"{session.last_tokens} tokens in {session.last_seconds:.2f} s = "
                        f"{session.last_tokens_per_s:.1f} tokens/s "
-                       f"({'float32' if bits == 16 else f'int{bits}, {kernel} kernel'}{', one graph' if graph else ''})")
+                       f"({describe_setting(bits, kernel, graph)})")
         if session.last_truncated:
             st.info(f"Note: the conversation was truncated to the last "
                     f"{session.max_context - session.max_new_tokens} tokens to fit the context.")
