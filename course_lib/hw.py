@@ -418,15 +418,163 @@ def drift(lock: dict[str, str] | None = None) -> list[dict]:
     return out
 
 
-def _cpu_model() -> str:
+# --------------------------------------------------------------------------------------------
+# CPU features: which instruction sets this CPU has (the kernel path a library picks depends on them)
+# --------------------------------------------------------------------------------------------
+
+# canonical ISA name -> the names it has in /proc/cpuinfo "flags" (x86) or "Features" (aarch64)
+_X86_ISA = {
+    "sse4_2": ("sse4_2",), "avx": ("avx",), "avx2": ("avx2",), "fma": ("fma",), "f16c": ("f16c",),
+    "avx_vnni": ("avx_vnni",), "avx512f": ("avx512f",), "avx512bw": ("avx512bw",), "avx512vl": ("avx512vl",),
+    "avx512_vnni": ("avx512_vnni",), "avx512_bf16": ("avx512_bf16",), "avx512_fp16": ("avx512_fp16",),
+    "amx_tile": ("amx_tile",), "amx_int8": ("amx_int8",), "amx_bf16": ("amx_bf16",),
+}
+_ARM_ISA = {
+    "neon": ("asimd", "neon"), "fp16": ("fphp", "asimdhp"), "dotprod": ("asimddp",), "i8mm": ("i8mm",),
+    "bf16": ("bf16",), "sve": ("sve",), "sve2": ("sve2",), "sme": ("sme",),
+}
+# macOS: sysctl key (value 1 = present) -> canonical name; Intel Macs list x86 flags in machdep.cpu.*features
+_MAC_ARM_KEYS = {
+    "hw.optional.AdvSIMD": "neon", "hw.optional.neon": "neon", "hw.optional.arm.FEAT_FP16": "fp16",
+    "hw.optional.arm.FEAT_DotProd": "dotprod", "hw.optional.arm.FEAT_I8MM": "i8mm", "hw.optional.arm.FEAT_BF16": "bf16",
+    "hw.optional.arm.FEAT_SME": "sme",
+}
+# aarch64 /proc/cpuinfo names the core by implementer and part number, not by a model name
+_ARM_VENDORS = {"0x41": "ARM", "0x61": "Apple", "0xc0": "Ampere", "0x48": "HiSilicon", "0x51": "Qualcomm", "0x4e": "NVIDIA"}
+_ARM_PARTS = {
+    ("0x41", "0xd0c"): "Neoverse-N1 (e.g. AWS Graviton2)", ("0x41", "0xd40"): "Neoverse-V1 (e.g. AWS Graviton3)",
+    ("0x41", "0xd49"): "Neoverse-N2", ("0x41", "0xd4f"): "Neoverse-V2 (e.g. AWS Graviton4, NVIDIA Grace)",
+    ("0x41", "0xd08"): "Cortex-A72 (e.g. Raspberry Pi 4)", ("0x41", "0xd0b"): "Cortex-A76",
+}
+
+
+def _kv_lines(text: str) -> list[tuple[str, str]]:
+    out = []
+    for line in text.splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            out.append((k.strip(), v.strip()))
+    return out
+
+
+def _first(pairs, key: str) -> str:
+    return next((v for k, v in pairs if k == key), "")
+
+
+def parse_cpuinfo(text: str, machine: str = "") -> dict:
+    """``{"vendor", "model", "isa"}`` from the text of Linux's ``/proc/cpuinfo`` (x86 ``flags`` or aarch64 ``Features``).
+
+    A pure function over the text, so the tests feed it the cpuinfo of CPUs they do not run on. ``isa`` is a sorted
+    list of canonical names (``avx2``, ``avx512f``, ``avx512_vnni``, ``amx_int8``, ``neon``, ``sve``...).
+    """
+    pairs = _kv_lines(text)
+    flags = set(_first(pairs, "flags").split())
+    features = set(_first(pairs, "Features").split())
+    is_arm = bool(features) or machine.lower().startswith(("aarch64", "arm"))
+    isa = set()
+    for name, aliases in (_ARM_ISA if is_arm else _X86_ISA).items():
+        if any(a in (features if is_arm else flags) for a in aliases):
+            isa.add(name)
+    if is_arm:
+        impl, part = _first(pairs, "CPU implementer").lower(), _first(pairs, "CPU part").lower()
+        vendor = _ARM_VENDORS.get(impl, f"implementer {impl}" if impl else "unknown")
+        model = _first(pairs, "model name") or _ARM_PARTS.get((impl, part)) or (f"{vendor} part {part}" if part else "unknown")
+    else:
+        raw_vendor = _first(pairs, "vendor_id")
+        vendor = {"GenuineIntel": "Intel", "AuthenticAMD": "AMD"}.get(raw_vendor, raw_vendor or "unknown")
+        model = _first(pairs, "model name") or "unknown"
+    return {"vendor": vendor, "model": model, "isa": sorted(isa)}
+
+
+def parse_sysctl(text: str) -> dict:
+    """``{"vendor", "model", "isa"}`` from macOS ``sysctl`` output (``key: value`` lines); pure, like :func:`parse_cpuinfo`."""
+    pairs = dict(_kv_lines(text))
+    model = pairs.get("machdep.cpu.brand_string", "unknown")
+    isa = {name for key, name in _MAC_ARM_KEYS.items() if pairs.get(key) == "1"}
+    x86 = set((pairs.get("machdep.cpu.features", "") + " " + pairs.get("machdep.cpu.leaf7_features", "")).lower().split())
+    rename = {"sse4.2": "sse4_2", "avx1.0": "avx", "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16"}
+    for f in x86:
+        f = rename.get(f, f)
+        if f in _X86_ISA:
+            isa.add(f)
+    vendor = pairs.get("machdep.cpu.vendor") or ("Apple" if model.startswith("Apple") else "unknown")
+    vendor = {"GenuineIntel": "Intel", "AuthenticAMD": "AMD"}.get(vendor, vendor)
+    return {"vendor": vendor, "model": model, "isa": sorted(isa)}
+
+
+def _torch_capability() -> str:
+    """What ATen's CPU dispatch picked on this CPU (``AVX512``, ``AVX2``, ``DEFAULT``...), or ``"unknown"``."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        import torch
+
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # no torch, or a torch without this function
+        return "unknown"
+
+
+def cpu_features(cpuinfo: str | None = None, machine: str | None = None) -> dict:
+    """This CPU: ``arch``, ``vendor``, ``model``, ``isa`` (sorted ISA extensions), ``torch_capability``, ``logical_cpus``.
+
+    Read from ``/proc/cpuinfo`` on Linux and ``sysctl`` on macOS (``cpuinfo`` text can be passed instead). Lessons use
+    it where a kernel path depends on the CPU (MLAS's int8 path, TVM's target, llama.cpp's build); notebook 00 shows it.
+    """
+    machine = machine or platform.machine()
+    info = None
+    if cpuinfo is not None:
+        info = parse_cpuinfo(cpuinfo, machine)
+    elif sys.platform.startswith("linux"):
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                info = parse_cpuinfo(f.read(), machine)
+        except OSError:
+            info = None
+    elif sys.platform == "darwin":
+        import subprocess
+
+        try:
+            out = subprocess.run(["sysctl", "-a"], capture_output=True, text=True, timeout=10).stdout
+            info = parse_sysctl(out)
+        except (OSError, subprocess.SubprocessError):
+            info = None
+    if info is None:
+        info = {"vendor": "unknown", "model": platform.processor() or machine, "isa": []}
+    return {"arch": machine, **info, "torch_capability": _torch_capability(), "logical_cpus": os.cpu_count() or 1}
+
+
+def isa_label(isa) -> str:
+    """The ISA extensions that decide a CPU kernel's path, as a short phrase: ``"AVX-512, VNNI, BF16; no AMX"``."""
+    isa = set(isa)
+    if isa & set(_ARM_ISA):
+        names = [("neon", "NEON"), ("dotprod", "dotprod"), ("i8mm", "i8mm"), ("bf16", "BF16"), ("sve", "SVE"),
+                 ("sve2", "SVE2"), ("sme", "SME")]
+        return ", ".join(label for key, label in names if key in isa) or "no SIMD flags found"
+    if "avx512f" in isa:
+        parts = ["AVX-512"] + [label for key, label in (("avx512_vnni", "VNNI"), ("avx512_bf16", "BF16"),
+                                                           ("avx512_fp16", "FP16")) if key in isa]
+    elif "avx2" in isa:
+        parts = ["AVX2" + (" + FMA" if "fma" in isa else "")] + (["AVX-VNNI"] if "avx_vnni" in isa else []) + ["no AVX-512"]
+    elif "avx" in isa:
+        parts = ["AVX", "no AVX2"]
+    elif isa:
+        parts = ["SSE only"]
+    else:
+        return "no SIMD flags found"
+    amx = [k.split("_")[1].upper() for k in ("amx_int8", "amx_bf16") if k in isa]
+    if isa & {"avx512f", "avx2"}:
+        parts.append("AMX-" + "/".join(amx) if amx else "no AMX")
+    return ", ".join(parts[:-1]) + "; " + parts[-1] if len(parts) > 1 else parts[0]
+
+
+def cpu_summary(features: dict | None = None) -> str:
+    """One line naming this CPU: ``"AMD EPYC (x86_64: AVX-512, VNNI, BF16; no AMX), 2 threads"``."""
+    f = features or cpu_features()
+    n = f.get("logical_cpus", os.cpu_count() or 1)
+    return f"{f['model']} ({f['arch']}: {isa_label(f['isa'])}), {n} thread{'s' if n != 1 else ''}"
+
+
+def _cpu_model() -> str:
+    model = cpu_features()["model"]
+    return model if model != "unknown" else (platform.processor() or platform.machine())
 
 
 def hardware() -> list[dict]:

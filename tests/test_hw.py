@@ -114,3 +114,71 @@ def test_hardware_table_has_cpu_and_gpu_rows():
         assert len(gpu_rows) == 1 and gpu_rows[0]["device"] == "gpu" and gpu_rows[0]["name"].startswith("none")
     else:
         assert all(r["device"].startswith("cuda:") and r["memory_gib"] > 0 for r in gpu_rows)
+
+
+# ---------------------------------------------------------------- CPU features (pure parsers over fixture text)
+from conftest import FIXTURES  # noqa: E402
+
+CPUINFO = FIXTURES / "cpuinfo"
+
+
+@pytest.mark.parametrize(
+    "fixture, machine, vendor, model, has, lacks, label",
+    [
+        ("intel_emerald_rapids.txt", "x86_64", "Intel", "INTEL(R) XEON(R) PLATINUM 8581C CPU @ 2.10GHz",
+         {"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16"},
+         {"neon"}, "AVX-512, VNNI, BF16, FP16; AMX-INT8/BF16"),
+        ("amd_zen4_epyc.txt", "x86_64", "AMD", "AMD EPYC 9R14 96-Core Processor",
+         {"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, {"amx_tile", "amx_int8", "avx512_fp16"}, "AVX-512, VNNI, BF16; no AMX"),
+        ("intel_avx2_laptop.txt", "x86_64", "Intel", "Intel(R) Core(TM) i7-8565U CPU @ 1.80GHz",
+         {"sse4_2", "avx", "avx2", "fma", "f16c"}, {"avx512f", "avx512_vnni", "amx_int8"}, "AVX2 + FMA, no AVX-512; no AMX"),
+        ("aws_graviton3.txt", "aarch64", "ARM", "Neoverse-V1 (e.g. AWS Graviton3)",
+         {"neon", "dotprod", "i8mm", "bf16", "sve", "fp16"}, {"avx2", "sve2", "sme"}, "NEON, dotprod, i8mm, BF16, SVE"),
+    ],
+)
+def test_parse_cpuinfo_names_vendor_model_and_isa(fixture, machine, vendor, model, has, lacks, label):
+    info = hw.parse_cpuinfo((CPUINFO / fixture).read_text(), machine)
+    assert info["vendor"] == vendor and info["model"] == model
+    assert has <= set(info["isa"]) and not (lacks & set(info["isa"]))
+    assert info["isa"] == sorted(info["isa"])  # a stable order for report.json
+    assert hw.isa_label(info["isa"]) == label
+    line = hw.cpu_summary({"arch": machine, **info, "logical_cpus": 2})
+    assert line == f"{model} ({machine}: {label}), 2 threads"
+
+
+def test_parse_sysctl_of_an_apple_silicon_mac():
+    info = hw.parse_sysctl((CPUINFO / "apple_m2_sysctl.txt").read_text())
+    assert info == {"vendor": "Apple", "model": "Apple M2", "isa": ["bf16", "dotprod", "fp16", "i8mm", "neon"]}
+    assert hw.isa_label(info["isa"]) == "NEON, dotprod, i8mm, BF16"
+
+
+def test_parse_sysctl_of_an_intel_mac():
+    text = ("machdep.cpu.brand_string: Intel(R) Core(TM) i9-9880H CPU @ 2.30GHz\nmachdep.cpu.vendor: GenuineIntel\n"
+            "machdep.cpu.features: FPU VME SSE SSE2 SSE3 SSSE3 FMA SSE4.1 SSE4.2 AVX1.0 F16C\n"
+            "machdep.cpu.leaf7_features: SMEP ERMS AVX2 BMI1 BMI2\n")
+    info = hw.parse_sysctl(text)
+    assert info["vendor"] == "Intel" and info["isa"] == ["avx", "avx2", "f16c", "fma", "sse4_2"]
+
+
+def test_unknown_or_empty_cpuinfo_gives_unknown_not_an_error():
+    assert hw.parse_cpuinfo("", "x86_64") == {"vendor": "unknown", "model": "unknown", "isa": []}
+    assert hw.parse_cpuinfo("", "aarch64")["isa"] == []
+    assert hw.isa_label([]) == "no SIMD flags found"
+    asahi = "processor : 0\nFeatures : fp asimd asimddp\nCPU implementer : 0x61\nCPU part : 0x023\n"
+    assert hw.parse_cpuinfo(asahi, "aarch64") == {"vendor": "Apple", "model": "Apple part 0x023", "isa": ["dotprod", "neon"]}
+
+
+def test_cpu_features_of_this_machine_agree_with_torch():
+    """Whatever CPU runs the tests: the keys are there, and torch's own dispatch level is consistent with the flags."""
+    import platform
+
+    f = hw.cpu_features()
+    assert {"arch", "vendor", "model", "isa", "torch_capability", "logical_cpus"} <= set(f)
+    assert f["arch"] == platform.machine() and f["logical_cpus"] >= 1
+    cap = f["torch_capability"].upper()
+    if cap.startswith("AVX512"):
+        assert "avx512f" in f["isa"]
+    elif cap == "AVX2":
+        assert "avx2" in f["isa"]
+    line = hw.cpu_summary(f)
+    assert f["arch"] in line and "\n" not in line
