@@ -12,14 +12,30 @@ OUT     ?= build/course
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.course-installed
 LOCK    := ci/constraints.txt
-# llama.cpp (lesson 3's peer) is built from source by pip; the default native build segfaults on the
-# first generation on CPUs with AMX, so it is built for AVX-512 without AMX (pip caches the wheel).
-LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
-                    -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF
+# llama.cpp (lesson 3's peer) is built from source by pip, with CPU flags chosen by architecture (`uname -m`;
+# override with `make setup ARCH=aarch64`, or pass your own LLAMA_CMAKE_ARGS). `make llama-flags` prints the choice.
+# x86-64: the default native build segfaults on the first generation on CPUs with AMX, so it is built without AMX,
+#   with AVX-512 (+VNNI) only where /proc/cpuinfo lists it (ggml compiles the flags in: an AVX-512 build dies with
+#   SIGILL on an AVX2-only laptop). Override with X86_AVX512=ON|OFF X86_AVX512_VNNI=ON|OFF.
+# aarch64 / arm64 (Graviton2+, Ampere, Apple Silicon): no x86 flags; ARMv8.2-A with NEON, dot product and fp16, which
+#   every one of those cores has (a Cortex-A72 such as the Raspberry Pi 4 does not: override LLAMA_CMAKE_ARGS there).
+ARCH ?= $(shell uname -m)
+X86_AVX512      ?= $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null && echo ON || echo OFF)
+X86_AVX512_VNNI ?= $(shell grep -qw avx512_vnni /proc/cpuinfo 2>/dev/null && echo ON || echo OFF)
+LLAMA_CMAKE_ARGS_x86_64  := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+                            -DGGML_AVX512=$(X86_AVX512) -DGGML_AVX512_VNNI=$(X86_AVX512_VNNI) -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF
+LLAMA_CMAKE_ARGS_aarch64 := -DGGML_NATIVE=OFF -DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod+fp16
+LLAMA_CMAKE_ARGS_amd64   := $(LLAMA_CMAKE_ARGS_x86_64)
+LLAMA_CMAKE_ARGS_arm64   := $(LLAMA_CMAKE_ARGS_aarch64)
+LLAMA_CMAKE_ARGS ?= $(LLAMA_CMAKE_ARGS_$(ARCH))
 
-.PHONY: setup course test lab clean-notebooks lock gpu-check gpu-check-wheels
+.PHONY: setup course test lab clean-notebooks lock gpu-check gpu-check-wheels llama-flags
 
 setup: $(STAMP)
+
+# The llama.cpp CMake flags `make setup` uses on this machine (or on ARCH=...); empty = llama.cpp's own defaults
+llama-flags:
+	@echo "ARCH=$(ARCH) LLAMA_CMAKE_ARGS=$(strip $(LLAMA_CMAKE_ARGS))"
 
 # Every install is constrained by the lock (the exact versions CI proved): torch first (a local CPU
 # wheel here, PyPI's CUDA build on a GPU box), llama.cpp with its CPU flags, then the course with every

@@ -214,7 +214,8 @@ def test_corrupted_database_is_a_clear_error(tmp_path, damage):
 # ---------------------------------------------------------------- part 4: Relax model
 @pytest.mark.slow
 def test_relax_mlp_matches_pytorch_with_the_committed_database():
-    torch = pytest.importorskip("torch")
+    import torch  # a core dependency: never skipped
+
     from course_lib.tuning import relax_model
 
     model = relax_model.make_mlp()
