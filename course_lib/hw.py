@@ -572,6 +572,28 @@ def cpu_summary(features: dict | None = None) -> str:
     return f"{f['model']} ({f['arch']}: {isa_label(f['isa'])}), {n} thread{'s' if n != 1 else ''}"
 
 
+BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def thread_pools() -> list[dict]:
+    """The BLAS and OpenMP libraries loaded in this process (threadpoolctl): library, version, kernel, threads.
+
+    ``architecture`` is the kernel family OpenBLAS picked for this CPU (e.g. ``Cooperlake``, ``Haswell``); the
+    environment variables that change it or the thread count are in :func:`blas_env`. ``[]`` without threadpoolctl.
+    """
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    keys = ("user_api", "internal_api", "prefix", "version", "architecture", "threading_layer", "num_threads")
+    return [{k: info.get(k) for k in keys} for info in threadpool_info()]
+
+
+def blas_env() -> dict[str, str]:
+    """The environment variables set here that steer BLAS kernels and threads (``OPENBLAS_CORETYPE``...)."""
+    return {k: os.environ[k] for k in BLAS_ENV if k in os.environ}
+
+
 def _cpu_model() -> str:
     model = cpu_features()["model"]
     return model if model != "unknown" else (platform.processor() or platform.machine())

@@ -116,6 +116,16 @@ def peak_gflops_estimate(cpuinfo: str | None = None, cores: int | None = None, f
     )
 
 
+def implied_clock_ghz(gflops: float, peak: PeakEstimate, cores: int = 1) -> float:
+    """The clock (GHz) ``cores`` cores must at least run at to reach ``gflops``, with the estimate's SIMD width and FMA units.
+
+    A measured rate above the estimated peak means either the estimate's clock (read from ``/proc/cpuinfo``, often the
+    nominal one) is below the real (turbo) clock, or the timing is wrong; this says by how much.
+    """
+    per_cycle = max(cores, 1) * peak.lanes * max(peak.fma_units, 1) * (2 if peak.fma_units else 1)
+    return gflops / per_cycle
+
+
 # --------------------------------------------------------------------------------------------
 # Timing
 # --------------------------------------------------------------------------------------------

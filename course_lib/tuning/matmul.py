@@ -203,3 +203,62 @@ def compare(before, after) -> str:
     if hi_a < lo_b:
         return f"{spread}: {1 / ratio:.2f}× slower, outside the run-to-run spread"
     return f"{spread}: ×{ratio:.2f}, within the run-to-run spread (the p10–p90 ranges overlap; another run can flip it)"
+
+
+def time_interleaved(kernels: dict, data: MatmulData, rounds: int = 10, number: int = 3, target=None) -> dict:
+    """Time several matmul implementations in alternating rounds, so every one sees the same machine load.
+
+    ``kernels`` maps a name to an ``s_tir.Schedule`` (built, checked against numpy, timed with TVM's
+    ``time_evaluator``) or to ``"torch"`` / ``"numpy"`` (``torch.matmul`` / numpy's BLAS on the same inputs, timed
+    with ``time.perf_counter``). Each round times ``number`` calls of every kernel in turn and keeps their mean: one
+    sample per round, the same rule for all. Returns ``{name: FLOP-unit BenchResult}`` with ``rounds`` samples each;
+    ratios between them use one measurement of each (never a reference timed at another moment).
+    """
+    import time
+
+    import torch
+
+    from course_lib.bench import BenchResult
+
+    if rounds < 1 or number < 1:
+        raise ValueError(f"rounds and number must be >= 1, got {rounds} and {number}")
+    flop = matmul_flops(*data.shape)
+    ta, tb = torch.from_numpy(data.a), torch.from_numpy(data.b)
+    calls = {}
+    for name, k in kernels.items():
+        if isinstance(k, str):
+            if k not in ("torch", "numpy"):
+                raise ValueError(f"{name}: a kernel is a schedule, 'torch' or 'numpy', got {k!r}")
+            fn = (lambda: ta @ tb) if k == "torch" else (lambda: data.a @ data.b)
+
+            def timed(fn=fn):
+                t0 = time.perf_counter()
+                for _ in range(number):
+                    fn()
+                return (time.perf_counter() - t0) / number
+
+            for _ in range(2):  # warm-up: thread pool start, allocations
+                fn()
+        else:
+            lib = build(k, target)
+            run_and_check(lib, data)
+            mod = lib.mod if hasattr(lib, "mod") else lib
+            ev = mod.time_evaluator("main", require_tvm().cpu(), number=number, repeat=1)
+
+            def timed(ev=ev):
+                return float(ev(*data.args).results[0])
+
+        calls[name] = timed
+    times = {name: [] for name in kernels}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for name, timed in calls.items():
+                times[name].append(timed())
+    return {name: BenchResult(name=name, times_s=t, items=flop, unit="FLOP", warmup=1) for name, t in times.items()}
+
+
+def separated(a, b) -> bool:
+    """True when the p10–p90 GFLOP/s ranges of two FLOP-unit BenchResults do not overlap (a direction can be stated)."""
+    lo_a, hi_a = gflops_range(a)
+    lo_b, hi_b = gflops_range(b)
+    return lo_a > hi_b or lo_b > hi_a

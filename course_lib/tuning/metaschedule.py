@@ -174,10 +174,15 @@ def tune(
     verbose: bool = True,
     quiet: bool = True,
     min_parallel: int | None = None,
+    seed_from: str | Path | None = None,
+    seed_top_k: int = 8,
 ):
     """Run ``ms.tune_tir`` (evolutionary search + cost model) on ``mod``; returns (database, cost-model sentence).
 
     ``min_parallel`` (default: the target's ``num-cores``) rejects candidates that cannot use that many cores.
+    ``seed_from`` (a database folder, e.g. one tuned on another CPU) warm-starts the search: its ``seed_top_k`` best
+    schedules are first re-measured *here* (:func:`seed_database`) and the evolution starts from them; their times in
+    ``seed_from`` are never used, so every time in the new database was measured on this machine.
     """
     require_tvm()
     from tvm.s_tir import meta_schedule as ms
@@ -194,10 +199,16 @@ def tune(
         min_parallel = int(target.attrs.get("num-cores", 1))
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    database = "json"
+    if seed_from is not None:
+        database, n = seed_database(mod, work_dir, seed_from, target, top_k=seed_top_k)
+        if verbose:
+            print(f"warm start: {n} best schedules of {seed_from} re-measured here")
     db = ms.tune_tir(
         mod,
         target,
         str(work_dir),
+        database=database,
         max_trials_global=int(trials),
         num_trials_per_iter=min(int(num_trials_per_iter), int(trials)),
         builder=fast_builder(),
@@ -208,6 +219,46 @@ def tune(
         num_tuning_cores=physical_cores(),
     )
     return db, sentence
+
+
+def seed_database(mod, work_dir: str | Path, from_dir: str | Path, target=None, top_k: int = 8, number: int = 3):
+    """A new JSON database in ``work_dir`` holding the ``top_k`` best schedules of ``from_dir`` for ``mod``, re-measured here.
+
+    Each schedule is rebuilt for ``target``, checked to run, and timed in this process like MetaSchedule's runner times a
+    candidate (``number`` calls, at least 100 ms); a schedule that fails here is left out. Returns ``(database, count)``.
+    """
+    import tempfile
+
+    tvm = require_tvm()
+    from tvm.s_tir import meta_schedule as ms
+
+    from course_lib.tuning.common import time_kernel
+
+    target = target or host_target()
+    with tempfile.TemporaryDirectory() as tmp:  # the committed files are never written to
+        for f in (WORKLOAD_FILE, RECORD_FILE):
+            shutil.copy2(Path(from_dir) / f, Path(tmp) / f)
+        src = load_database(tmp)
+        if not src.has_workload(mod):
+            raise DatabaseError(f"{from_dir} holds no tuning record for this workload; tune without seed_from")
+        seeds = list(src.get_top_k(src.commit_workload(mod), top_k))
+    work_dir = Path(work_dir)
+    db = ms.database.JSONDatabase(path_workload=str(work_dir / WORKLOAD_FILE), path_tuning_record=str(work_dir / RECORD_FILE))
+    workload = db.commit_workload(mod)
+    count = 0
+    for rec in seeds:
+        try:
+            sch = tvm.s_tir.Schedule(mod)
+            rec.trace.apply_to_schedule(sch, remove_postproc=False)
+            lib = tvm.compile(sch.mod, target=target)
+            args = [tvm.runtime.tensor(__import__("numpy").zeros([int(d) for d in a.shape], str(a.dtype)), tvm.cpu())
+                    for a in rec.args_info]
+            secs = time_kernel(lib, args, number=number, repeat=1, min_repeat_ms=100)
+        except Exception:  # a schedule that does not build or run on this CPU is simply not a seed
+            continue
+        db.commit_tuning_record(ms.database.TuningRecord(rec.trace, workload, secs, target, rec.args_info))
+        count += 1
+    return db, count
 
 
 def design_spaces(mod, target=None) -> list:
@@ -327,6 +378,22 @@ def tuned_target(db_dir: str | Path) -> dict:
     if not rows:
         raise DatabaseError(f"{Path(db_dir) / RECORD_FILE} holds no records")
     return dict(rows[0][1][2])
+
+
+def target_label(t) -> str:
+    """``"znver4, 2 cores"`` for a target dict (as in a database record) or a ``tvm.target.Target``."""
+    attrs = t if isinstance(t, dict) else dict(t.attrs)
+    return f"{attrs.get('mcpu', 'generic')}, {int(attrs.get('num-cores', 1))} core(s)"
+
+
+def same_target(tuned: dict, target) -> bool:
+    """True when a database's recorded target (``mcpu`` and ``num-cores``) is the one ``target`` describes.
+
+    Records are looked up by workload, not by target, so a database tuned for another CPU still *replays*; this says
+    whether its choices were measured on a CPU like this one.
+    """
+    attrs = target if isinstance(target, dict) else dict(target.attrs)
+    return str(tuned.get("mcpu")) == str(attrs.get("mcpu")) and int(tuned.get("num-cores", 1)) == int(attrs.get("num-cores", 1))
 
 
 def tuned_num_cores(db_dir: str | Path) -> int:
