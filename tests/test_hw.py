@@ -182,3 +182,15 @@ def test_cpu_features_of_this_machine_agree_with_torch():
         assert "avx2" in f["isa"]
     line = hw.cpu_summary(f)
     assert f["arch"] in line and "\n" not in line
+
+
+def test_thread_pools_and_blas_env(monkeypatch):
+    pools = hw.thread_pools()
+    assert isinstance(pools, list)
+    for p in pools:
+        assert {"user_api", "internal_api", "num_threads", "architecture"} <= set(p) and p["num_threads"] >= 1
+    for k in hw.BLAS_ENV:
+        monkeypatch.delenv(k, raising=False)
+    assert hw.blas_env() == {}
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    assert hw.blas_env() == {"OPENBLAS_CORETYPE": "Haswell"}

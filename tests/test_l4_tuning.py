@@ -361,3 +361,88 @@ def test_committed_mlp_database_best_kernels_all_run_in_parallel():
     for w, (_, rec) in best.items():
         assert any(inst[0] == "Parallel" for inst in rec[0][0]), f"workload {w}: best schedule has no parallel loop"
         assert int(rec[2].get("num-cores", 1)) >= 1
+
+
+# ---------------------------------------------------------------- tuned for which CPU: works on any host (x86 or aarch64)
+def test_database_target_is_read_and_compared_without_assuming_this_cpu():
+    tuned = metaschedule.tuned_target(metaschedule.committed_dir("matmul_512"))
+    assert tuned.get("kind", "llvm") == "llvm" and str(tuned.get("mcpu")) and int(tuned.get("num-cores", 1)) >= 1
+    host = common.host_target()
+    # the comparison is exactly "same mcpu and same num-cores", whichever CPU runs the test
+    expect = str(tuned.get("mcpu")) == str(host.attrs["mcpu"]) and int(tuned.get("num-cores", 1)) == int(host.attrs["num-cores"])
+    assert metaschedule.same_target(tuned, host) is expect
+    assert metaschedule.same_target({"mcpu": "znver4", "num-cores": 2}, {"mcpu": "znver4", "num-cores": 2})
+    assert not metaschedule.same_target({"mcpu": "znver4", "num-cores": 2}, {"mcpu": "sapphirerapids", "num-cores": 2})
+    assert not metaschedule.same_target({"mcpu": "neoverse-v1", "num-cores": 2}, {"mcpu": "neoverse-v1", "num-cores": 4})
+    assert metaschedule.target_label({"mcpu": "apple-m2", "num-cores": 8}) == "apple-m2, 8 core(s)"
+    assert metaschedule.target_label(host).startswith(str(host.attrs["mcpu"]))
+
+
+def test_seeds_are_re_measured_here_and_never_write_the_committed_files(tmp_path):
+    src = metaschedule.committed_dir("matmul_512")
+    before = {f: (src / f).read_bytes() for f in (metaschedule.WORKLOAD_FILE, metaschedule.RECORD_FILE)}
+    mod = matmul.matmul_module(512, 512, 512)
+    db, n = metaschedule.seed_database(mod, tmp_path, src, top_k=2)
+    assert n == 2 and len(metaschedule.seed_traces(tmp_path)) == 2
+    assert {f: (src / f).read_bytes() for f in before} == before
+    host = common.host_target()
+    rows = [json.loads(ln) for ln in (tmp_path / metaschedule.RECORD_FILE).read_text().splitlines() if ln.strip()]
+    assert len(rows) == 2 and all(r[1][2]["mcpu"] == str(host.attrs["mcpu"]) for r in rows)  # recorded for THIS target
+    committed_times = {tuple(r[1][1]) for r in metaschedule._records(src)}
+    assert all(tuple(r[1][1]) not in committed_times for r in rows)  # times measured here, not copied
+    sch = metaschedule.compile_from_database(db, mod)
+    assert str(sch.trace) in metaschedule.seed_traces(tmp_path)
+    assert metaschedule.seed_traces(tmp_path / "nothing-here") == []
+    with pytest.raises(metaschedule.DatabaseError, match="no tuning record"):
+        metaschedule.seed_database(matmul.matmul_module(64, 64, 64), tmp_path / "other", src, top_k=1)
+
+
+def test_interleaved_timing_gives_every_kernel_the_same_rounds():
+    n = 64
+    data = matmul.make_data(n, n, n, seed=2)
+    res = matmul.time_interleaved({"hand": matmul.hand_schedule(matmul.matmul_module(n, n, n), "parallel", 8, 8),
+                                   "torch": "torch", "numpy": "numpy"}, data, rounds=4, number=2)
+    assert list(res) == ["hand", "torch", "numpy"]
+    for r in res.values():
+        assert len(r.times_s) == 4 and r.items == common.matmul_flops(n, n, n) and all(t > 0 for t in r.times_s)
+    with pytest.raises(ValueError, match="schedule, 'torch' or 'numpy'"):
+        matmul.time_interleaved({"x": "cublas"}, data)
+    with pytest.raises(ValueError, match="rounds and number"):
+        matmul.time_interleaved({"t": "torch"}, data, rounds=0)
+    # a wrong schedule is caught before it is timed
+    bad = matmul.hand_schedule(matmul.matmul_module(n, n, n), "parallel", 8, 8)
+    data.ref[0, 0] += 1.0
+    with pytest.raises(matmul.WrongResult):
+        matmul.time_interleaved({"bad": bad}, data, rounds=1)
+
+
+def test_separated_needs_non_overlapping_spreads():
+    from course_lib.bench import BenchResult
+
+    def r(*ts):
+        return BenchResult(name="x", times_s=list(ts), items=1e9, unit="FLOP")
+
+    assert matmul.separated(r(1.0, 1.01, 1.02), r(2.0, 2.01, 2.02))
+    assert not matmul.separated(r(1.0, 1.5, 2.0), r(1.4, 1.6, 2.1))
+
+
+def test_implied_clock_of_a_single_core_kernel():
+    est = common.peak_gflops_estimate("model name : X @ 2.10GHz\nflags : avx2 fma avx512f\n", cores=2)
+    per_core = est.gflops / est.cores  # 16 lanes x 2 FMA x 2 FLOP x 2.1 GHz = 134.4
+    assert per_core == pytest.approx(134.4)
+    assert common.implied_clock_ghz(per_core, est) == pytest.approx(2.1)
+    assert common.implied_clock_ghz(140.2, est) == pytest.approx(140.2 / 64)  # above the nominal clock: turbo
+    assert common.implied_clock_ghz(2 * 140.2, est, cores=2) == pytest.approx(140.2 / 64)
+
+
+def test_torch_matmul_settings_restores_threads_and_rejects_bad_settings():
+    import torch
+
+    before = torch.get_num_threads()
+    res = common.torch_matmul_settings(32, {"one": (1, "randn"), "np": (1, "numpy")}, rounds=3, number=2)
+    assert torch.get_num_threads() == before
+    assert list(res) == ["one", "np"] and all(len(r.times_s) == 3 and r.items == 2 * 32**3 for r in res.values())
+    with pytest.raises(ValueError, match="inputs one of"):
+        common.torch_matmul_settings(32, {"x": (1, "cuda")})
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        common.torch_matmul_settings(32, {"x": (0, "randn")})

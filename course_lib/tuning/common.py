@@ -142,3 +142,45 @@ def time_kernel(lib, args, number: int = 3, repeat: int = 3, min_repeat_ms: int 
     mod = lib.mod if hasattr(lib, "mod") else lib
     ev = mod.time_evaluator(func, tvm.cpu(), number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)
     return [float(x) for x in ev(*args).results]
+
+
+INPUTS = ("randn", "numpy")
+
+
+def torch_matmul_settings(n: int, settings: dict, rounds: int = 5, number: int = 5, seed: int = 0) -> dict:
+    """Time torch's ``n``×``n`` float32 matmul under several ``(threads, inputs)`` settings, in alternating rounds.
+
+    Notebook 00 uses it to find why its matmul figure differs from lesson 4's: ``inputs`` is ``"randn"`` (``torch.randn``
+    tensors, as in notebook 00) or ``"numpy"`` (numpy uniform floats wrapped with ``torch.from_numpy``, as in lesson 4).
+    Each round runs every setting in turn (``bench.benchmark``, 1 warm-up call, ``number`` timed calls, their median), so
+    all settings see the same load. Returns ``{name: FLOP-unit BenchResult}`` with one sample per round; torch's thread
+    count is restored afterwards.
+    """
+    import numpy as np
+    import torch
+
+    from course_lib.bench import BenchResult, benchmark
+
+    if rounds < 1 or number < 1:
+        raise ValueError(f"rounds and number must be >= 1, got {rounds} and {number}")
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    inputs = {
+        "randn": (torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)),
+        "numpy": tuple(torch.from_numpy(rng.uniform(-1, 1, (n, n)).astype("float32")) for _ in range(2)),
+    }
+    for name, (threads, kind) in settings.items():
+        if kind not in INPUTS or int(threads) < 1:
+            raise ValueError(f"{name}: threads must be >= 1 and inputs one of {INPUTS}, got ({threads!r}, {kind!r})")
+    before = torch.get_num_threads()
+    samples = {name: [] for name in settings}
+    try:
+        for _ in range(rounds):
+            for name, (threads, kind) in settings.items():
+                torch.set_num_threads(int(threads))
+                a, b = inputs[kind]
+                samples[name].append(benchmark(lambda: a @ b, warmup=1, repeat=number).median_s)
+    finally:
+        torch.set_num_threads(before)
+    return {name: BenchResult(name=name, times_s=t, items=matmul_flops(n, n, n), unit="FLOP", warmup=1)
+            for name, t in samples.items()}

@@ -25,6 +25,7 @@ from course_lib.tuning.common import host_target, physical_cores, require_tvm
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
+SEEDS_FILE = "seeds.json"  # written by seed_database: which records of a work dir are re-measured seeds
 
 
 class DatabaseError(RuntimeError):
@@ -90,6 +91,30 @@ def quiet_console(quiet: bool = True) -> None:
     import logging
 
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING if quiet else logging.DEBUG)
+
+
+class plain_tables:
+    """Context manager: MetaSchedule's task scheduler prints its tables as text to its log, not as notebook widgets.
+
+    In Jupyter it otherwise ``display``s a table after every round and calls ``clear_output`` — which also erases
+    what the cell printed before the tuning started. The (global) check it asks is answered False meanwhile.
+    """
+
+    NAME = "s_tir.meta_schedule.using_ipython"
+
+    def __enter__(self):
+        from tvm_ffi import get_global_func, register_global_func
+
+        self._orig = get_global_func(self.NAME, allow_missing=True)
+        register_global_func(self.NAME, lambda: False, override=True)
+        return self
+
+    def __exit__(self, *exc):
+        from tvm_ffi import register_global_func
+
+        if self._orig is not None:
+            register_global_func(self.NAME, self._orig, override=True)
+        return False
 
 
 def cost_model_choice(prefer: str = "xgb") -> tuple[str, str]:
@@ -204,20 +229,21 @@ def tune(
         database, n = seed_database(mod, work_dir, seed_from, target, top_k=seed_top_k)
         if verbose:
             print(f"warm start: {n} best schedules of {seed_from} re-measured here")
-    db = ms.tune_tir(
-        mod,
-        target,
-        str(work_dir),
-        database=database,
-        max_trials_global=int(trials),
-        num_trials_per_iter=min(int(num_trials_per_iter), int(trials)),
-        builder=fast_builder(),
-        cost_model=model,
-        space=space_for(target, min_parallel),
-        strategy="evolutionary",
-        seed=seed,
-        num_tuning_cores=physical_cores(),
-    )
+    with plain_tables():
+        db = ms.tune_tir(
+            mod,
+            target,
+            str(work_dir),
+            database=database,
+            max_trials_global=int(trials),
+            num_trials_per_iter=min(int(num_trials_per_iter), int(trials)),
+            builder=fast_builder(),
+            cost_model=model,
+            space=space_for(target, min_parallel),
+            strategy="evolutionary",
+            seed=seed,
+            num_tuning_cores=physical_cores(),
+        )
     return db, sentence
 
 
@@ -245,7 +271,7 @@ def seed_database(mod, work_dir: str | Path, from_dir: str | Path, target=None, 
     work_dir = Path(work_dir)
     db = ms.database.JSONDatabase(path_workload=str(work_dir / WORKLOAD_FILE), path_tuning_record=str(work_dir / RECORD_FILE))
     workload = db.commit_workload(mod)
-    count = 0
+    count, kept = 0, []
     for rec in seeds:
         try:
             sch = tvm.s_tir.Schedule(mod)
@@ -257,8 +283,16 @@ def seed_database(mod, work_dir: str | Path, from_dir: str | Path, target=None, 
         except Exception:  # a schedule that does not build or run on this CPU is simply not a seed
             continue
         db.commit_tuning_record(ms.database.TuningRecord(rec.trace, workload, secs, target, rec.args_info))
+        kept.append(str(rec.trace))
         count += 1
+    (work_dir / SEEDS_FILE).write_text(json.dumps(kept), encoding="utf-8")
     return db, count
+
+
+def seed_traces(work_dir: str | Path) -> list[str]:
+    """The traces (as text) :func:`seed_database` put into ``work_dir``, in record order; ``[]`` for an unseeded run."""
+    f = Path(work_dir) / SEEDS_FILE
+    return json.loads(f.read_text(encoding="utf-8")) if f.exists() else []
 
 
 def design_spaces(mod, target=None) -> list:

@@ -95,6 +95,7 @@ def tune(
     from course_lib.tuning.metaschedule import (
         cost_model_choice,
         fast_builder,
+        plain_tables,
         quiet_console,
         register_host_intrinsics,
         space_for,
@@ -112,20 +113,21 @@ def tune(
     n_tasks = max(1, len(ms.relax_integration.extract_tasks(prepared, target)))
     # every task gets one first round before the scheduler picks by gain: split small budgets evenly
     per_iter = max(2, min(16, int(trials) // n_tasks))
-    return ms.relax_integration.tune_relax(
-        prepared,
-        params={},
-        target=target,
-        work_dir=str(work_dir),
-        max_trials_global=int(trials),
-        num_trials_per_iter=per_iter,
-        builder=fast_builder(),
-        cost_model=model,
-        space=space_for(target, min_parallel),
-        task_scheduler="gradient",
-        strategy="evolutionary",
-        seed=seed,
-    )
+    with plain_tables():  # no notebook widget tables (and no clear_output of the cell) while tuning
+        return ms.relax_integration.tune_relax(
+            prepared,
+            params={},
+            target=target,
+            work_dir=str(work_dir),
+            max_trials_global=int(trials),
+            num_trials_per_iter=per_iter,
+            builder=fast_builder(),
+            cost_model=model,
+            space=space_for(target, min_parallel),
+            task_scheduler="gradient",
+            strategy="evolutionary",
+            seed=seed,
+        )
 
 
 def build(mod, db=None, target=None):
