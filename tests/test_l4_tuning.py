@@ -446,3 +446,12 @@ def test_torch_matmul_settings_restores_threads_and_rejects_bad_settings():
         common.torch_matmul_settings(32, {"x": (1, "cuda")})
     with pytest.raises(ValueError, match="threads must be >= 1"):
         common.torch_matmul_settings(32, {"x": (0, "randn")})
+
+
+def test_plain_tables_answers_not_a_notebook_and_restores_the_check():
+    from tvm_ffi import get_global_func
+
+    before = get_global_func(metaschedule.plain_tables.NAME)
+    with metaschedule.plain_tables():
+        assert get_global_func(metaschedule.plain_tables.NAME)() is False  # no widget tables, no clear_output
+    assert get_global_func(metaschedule.plain_tables.NAME)() == before()
