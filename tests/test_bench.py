@@ -145,3 +145,15 @@ def test_roofline_legend_explains_the_markers():
     assert [t.get_text() for t in ax.get_legend().get_texts()][1:] == ["my model", "bar: p10–p90 of the timed runs"]
     with pytest.raises(ValueError, match="unknown point kinds"):
         roofline.plot_roofline(20.0, pts, labels={"mine": "x"})
+
+
+def test_compare_names_a_direction_only_when_spreads_separate():
+    def result(name, durations):
+        fc = FakeClock(durations)
+        return bench.benchmark(fc.fn, name=name, repeat=len(durations), warmup=0, clock=fc.clock)
+
+    fast, slow = result("fast", [0.001, 0.0011, 0.0012, 0.0013]), result("slow", [0.003, 0.0031, 0.0032, 0.0033])
+    overlapping = result("noisy", [0.0009, 0.002, 0.004, 0.005])
+    assert bench.compare(fast, slow).endswith("fast is 2.7× faster (the p10–p90 spreads separate)")
+    assert "slow is 2.7× slower" in bench.compare(slow, fast)
+    assert bench.compare(fast, overlapping).endswith("not separable here (the p10–p90 spreads overlap)")

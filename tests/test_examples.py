@@ -103,3 +103,106 @@ def test_data_out_regenerates_the_committed_files(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert D.main(["--out", str(tmp_path / "file")]) == 1
     assert capsys.readouterr().err.strip() == f"error: --out {tmp_path / 'file'} is a file, not a folder"
+
+
+# ---------------------------------------------------------------------------- the five recipes
+def recipe(name: str) -> dict:
+    """The namespace of ``examples/<name>`` (run as a module, not as __main__: its main() is called by the test)."""
+    return runpy.run_path(str(EXAMPLES / name))
+
+
+def test_the_book_page_lists_exactly_the_example_files():
+    from course_lib.book import own_models
+
+    assert sorted(own_models.RECIPES) == sorted(p.name for p in EXAMPLES.glob("*.py"))
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Use it on your own model", 1)[1].split("\n## ", 1)[0]
+    for name in own_models.RECIPES:
+        assert f"examples/{name}" in section
+
+
+def test_recipe_time_a_function(capsys):
+    ours, ref = recipe("time_a_function.py")["main"](size=32, repeat=5)
+    for r in (ours, ref):
+        assert len(r.times_s) == 5 and r.p10_ms <= r.p50_ms <= r.p90_ms and r.unit == "rows" and r.items == 32
+    out = capsys.readouterr().out
+    assert "relu(x @ w): median" in out and ("spreads overlap" in out or "spreads separate" in out)
+
+
+def test_recipe_quantize_transformers_model():
+    import inspect
+
+    require_llm = pytest.importorskip("transformers")  # noqa: F841
+    from course_lib.llm import quant
+
+    if "include" not in inspect.signature(quant.quantize_model).parameters:
+        pytest.xfail("needs h2b quantize_model")
+    table = recipe("quantize_transformers_model.py")["main"](new_tokens=4, repeat=1)
+    assert list(table.index) == ["fp32", "int8", "int4 g32"]
+    assert abs(table.loc["int8", "ppl vs fp32"]) < 0.01 and abs(table.loc["int4 g32", "ppl vs fp32"]) < 0.05
+    b = table.bytes_per_token
+    assert b["int8"] < b["fp32"] / 2.5 and b["int4 g32"] < b["int8"]  # the LM head stays fp32 (excluded)
+    assert (table.tokens_per_s > 0).all()
+
+
+def test_recipe_tune_matmul(tmp_path):
+    from conftest import require_extra
+
+    require_extra("tvm", "tvm")
+    out = recipe("tune_matmul.py")["main"](n=32, trials=4, log_dir=tmp_path)
+    lines = out["log"].read_text().splitlines()
+    assert len(lines) == 4 and out["best"].score > 0
+    assert out["tuned"].extra["max_abs_err"] < 1e-3  # the replayed best config computes the right C
+
+
+def test_recipe_ptq_export_cnn(tmp_path):
+    from conftest import require_extra
+
+    require_extra("pytorch_quantization", "ptq")
+    require_extra("onnxruntime", "ptq")
+    from course_lib.ptq import onnx_utils
+
+    out = recipe("ptq_export_cnn.py")["main"](out_dir=tmp_path)
+    assert out["onnx"] == tmp_path / "cnn_int8_qdq.onnx" and [p.name for p in tmp_path.iterdir()] == ["cnn_int8_qdq.onnx"]
+    assert onnx_utils.count_qdq(out["onnx"]) == 12  # 2 convs + 1 linear, each with an input and a weight Q/DQ pair
+    assert out["y"].shape == (8, 10)
+    assert out["ort_vs_torch"] < 1e-2  # onnxruntime's float kernels vs torch's: within about one int8 step
+
+
+def test_recipe_plot_roofline(tmp_path):
+    pytest.importorskip("transformers")
+    png = tmp_path / "roofline.png"
+    out = recipe("plot_roofline.py")["main"](out_png=str(png), new_tokens=2, repeat=1)
+    assert png.stat().st_size > 10_000
+    small, big = out["points"]
+    assert 0 < small["bytes_per_token"] < big["bytes_per_token"] and all(p["tokens_per_s"] > 0 for p in out["points"])
+    texts = [t.get_text() for t in out["ax"].get_legend().get_texts()]
+    assert texts[1:] == ["my model (transformers generate)", "bar: p10–p90 of the timed runs"]
+
+
+# ---------------------------------------------------------------------------- the book page
+def test_book_page_shows_each_recipe_from_its_file(tmp_path, monkeypatch):
+    from bs4 import BeautifulSoup
+
+    from course_lib import book
+    from course_lib.book import own_models
+
+    ctx = {"book_title": "T", "run": type("R", (), {"profile": "cpu", "started": "now", "machine": "m"})(),
+           "run_name": "run", "built": "now"}
+    page = own_models.build_page(tmp_path, book.jinja_env(), ctx)
+    doc = BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")
+    sections = doc.select("section.recipe")
+    assert [s["id"] for s in sections] == [n[:-3].replace("_", "-") for n in own_models.RECIPES]
+    assert [a["href"] for a in doc.select("ol.recipe-toc a")] == [f"#{s['id']}" for s in sections]
+    for s, name in zip(sections, own_models.RECIPES):
+        code = s.select_one(".recipe-code").get_text()
+        src = (EXAMPLES / name).read_text(encoding="utf-8")
+        body = [ln for ln in src.split('"""', 2)[2].splitlines() if ln.strip()]
+        assert all(ln.strip() in code for ln in body), name  # every code line of the file, verbatim
+        assert s.h2.get_text().startswith("Recipe ") and s.p.get_text()  # title and prose from the docstring
+    assert "bench.benchmark(mine" in sections[0].get_text()
+    assert doc.select_one('nav a[href="own_models.html"]')["class"] == ["active"]
+    # a book built outside a checkout says which files it could not find instead of failing
+    monkeypatch.setattr(own_models, "examples_dir", lambda: tmp_path / "nowhere")
+    doc = BeautifulSoup(own_models.build_page(tmp_path, book.jinja_env(), ctx).read_text(), "html.parser")
+    assert not doc.select("section.recipe") and "time_a_function.py" in doc.select_one("p.none").get_text()
