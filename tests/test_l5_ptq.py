@@ -369,3 +369,21 @@ def test_output_error_takes_a_tensor_or_the_float_model():
         S.output_error(q, ref[:2], x)
     with pytest.raises(TypeError, match="reference must be"):
         S.output_error(q, 3.0, x)
+
+
+@pytest.mark.slow
+def test_modelopt_quantizes_the_user_cnn_linear_and_exports(tmp_path):
+    require_extra("modelopt", "ptq")
+    from course_lib.ptq import mo
+
+    f = user_cnn()
+    q = mo.quantize(f, gray_batches())
+    assert {"7.input_quantizer", "7.weight_quantizer"} <= set(mo.quantizer_names(q))  # the Linear head too
+    x = gray_batches(1, bs=4, seed=9)[0]
+    assert S.output_error(q, f, x) < 0.1
+    p = OX.export_onnx(q, tmp_path / "mo.onnx", x)
+    assert OX.op_counts(p)["Gemm"] == 1 and OX.count_qdq(p) >= 12
+    with torch.no_grad():
+        assert torch.allclose(OX.ort_predictor(OX.ort_session(p, optimize=False))(x), q(x), atol=1e-4)
+    ran = OX.optimized_op_counts(p)
+    assert ran["QLinearConv"] == 0 and ran["FusedConv"] + ran["Conv"] == 2  # float on onnxruntime's CPU, as for pq
