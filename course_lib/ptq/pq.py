@@ -108,23 +108,18 @@ def quantize_model(model: nn.Module, calib_method: str = "max", skip: Iterable[s
             full = f"{name}.{cname}" if name else cname
             if full in skip or type(child) not in types:
                 continue
-            setattr(mod, cname, _quant_twin(quant_nn, child, inp, w))
+            if type(child) is nn.Conv2d:
+                q = quant_nn.QuantConv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                                         child.padding, child.dilation, child.groups, child.bias is not None,
+                                         child.padding_mode, quant_desc_input=inp, quant_desc_weight=w)
+            else:  # nn.Linear
+                q = quant_nn.QuantLinear(child.in_features, child.out_features, child.bias is not None,
+                                         quant_desc_input=inp, quant_desc_weight=w)
+            q.weight = child.weight
+            if child.bias is not None:
+                q.bias = child.bias
+            setattr(mod, cname, q)
     return model
-
-
-def _quant_twin(quant_nn, child: nn.Module, inp, w) -> nn.Module:
-    """The QuantConv2d / QuantLinear of ``child`` (same hyper-parameters, same weight and bias tensors)."""
-    if type(child) is nn.Conv2d:
-        q = quant_nn.QuantConv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
-                                 child.padding, child.dilation, child.groups, child.bias is not None,
-                                 child.padding_mode, quant_desc_input=inp, quant_desc_weight=w)
-    else:
-        q = quant_nn.QuantLinear(child.in_features, child.out_features, child.bias is not None,
-                                 quant_desc_input=inp, quant_desc_weight=w)
-    q.weight = child.weight
-    if child.bias is not None:
-        q.bias = child.bias
-    return q
 
 
 def quant_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -247,11 +242,6 @@ def collect_stats(model: nn.Module, batches: Iterable[torch.Tensor], tensor_quan
     qs = quantizers(model) if tensor_quantizers is None else dict(tensor_quantizers)
     if not qs:
         raise ValueError("the model has no TensorQuantizer: insert Q/DQ first (quantize_model or auto_quantized)")
-    with quiet_absl():  # one "Disable MaxCalibrator" warning per quantizer otherwise
-        return _collect_stats(model, batches, qs)
-
-
-def _collect_stats(model: nn.Module, batches: Iterable[torch.Tensor], qs: dict) -> int:
     for q in qs.values():
         if q._calibrator is not None:
             q.disable_quant()
@@ -266,12 +256,13 @@ def _collect_stats(model: nn.Module, batches: Iterable[torch.Tensor], qs: dict) 
                 model(x)
                 n += 1
     finally:
-        for q in qs.values():
-            if q._calibrator is not None:
-                q.enable_quant()
-                q.disable_calib()
-            else:
-                q.enable()
+        with quiet_absl():  # disable_calib() logs one "Disable MaxCalibrator" warning per quantizer
+            for q in qs.values():
+                if q._calibrator is not None:
+                    q.enable_quant()
+                    q.disable_calib()
+                else:
+                    q.enable()
     if n == 0:
         raise ValueError("calibration saw zero batches: pass a non-empty calibration set "
                          "(amax would stay unset, and a model with amax 0 quantizes everything to 0)")
