@@ -215,7 +215,7 @@ def export_model_pt(out, checkpoint=None, retrain: bool = False, epochs: float =
     from course_lib.deploy.model import load_checkpoint, save_checkpoint
 
     D = _data()
-    out = Path(out)
+    out = Path(out).expanduser()
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder: name the file to write, e.g. {out / 'model.pt'}")
     steps = None
