@@ -132,7 +132,10 @@ def test_recipe_time_a_function(capsys):
 def test_recipe_quantize_transformers_model():
     import inspect
 
-    require_llm = pytest.importorskip("transformers")  # noqa: F841
+    from conftest import require_extra
+
+    require_extra("transformers", "llm")
+    require_extra("onnxruntime", "llm")  # kernel="fast" is onnxruntime's MatMulNBits
     from course_lib.llm import quant
 
     if "include" not in inspect.signature(quant.quantize_model).parameters:
@@ -170,7 +173,9 @@ def test_recipe_ptq_export_cnn(tmp_path):
 
 
 def test_recipe_plot_roofline(tmp_path):
-    pytest.importorskip("transformers")
+    from conftest import require_extra
+
+    require_extra("transformers", "llm")
     png = tmp_path / "roofline.png"
     out = recipe("plot_roofline.py")["main"](out_png=str(png), new_tokens=2, repeat=1)
     assert png.stat().st_size > 10_000
