@@ -77,3 +77,83 @@ def test_frame_and_chart(tmp_path):
     assert ax.get_xlabel() == "tokens/s" and len(ax.patches) == 2
     with pytest.raises(ValueError, match="not in results"):
         bench.bar_chart(df, column="nope")
+
+
+def test_p10_p50_p90_names():
+    import numpy as np
+
+    fc = FakeClock([0.010, 0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008, 0.009])
+    r = bench.benchmark(fc.fn, repeat=10, warmup=0, clock=fc.clock)
+    ms = [1000 * t for t in r.times_s]
+    assert r.p10_ms == pytest.approx(np.percentile(ms, 10)) == pytest.approx(1.9)
+    assert r.p50_ms == r.median_ms == pytest.approx(5.5)
+    assert r.p90_ms == pytest.approx(np.percentile(ms, 90))
+    assert r.percentile_ms(25) == pytest.approx(np.percentile(ms, 25))
+    assert r.p10_ms <= r.p50_ms <= r.p90_ms
+    row = r.as_row()
+    assert row["p10_ms"] == pytest.approx(1.9) and row["median_ms"] == pytest.approx(5.5)  # old names kept
+    assert {"p90_ms", "min_ms", "mean_ms"} <= set(row)
+    assert "p10–p90 1.900–9.100 ms" in str(r)
+
+
+# ---------------------------------------------------------------------------- roofline units and legend
+def test_roofline_takes_bytes_and_still_mb():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from course_lib.llm import roofline
+
+    df = roofline.ceilings(20.0, {"int8": 140e6, "int4": 70e6})
+    assert list(df.bytes_per_token) == [140_000_000, 70_000_000] and list(df.mb_per_token) == [140.0, 70.0]
+    assert list(df.ceiling_tokens_per_s) == pytest.approx([20e9 / 140e6, 20e9 / 70e6])
+    with pytest.raises(ValueError, match="positive"):
+        roofline.ceilings(20.0, {"empty": 0})
+    in_bytes = [{"variant": "a", "bytes_per_token": 100e6, "tokens_per_s": 10.0}]
+    in_mb = [{"variant": "a", "mb_per_token": 100.0, "tokens_per_s": 10.0}]  # notebook 03's decode table rows
+    xs = [roofline.plot_roofline(20.0, pts).get_xlim() for pts in (in_bytes, in_mb)]
+    assert xs[0] == xs[1]
+    assert roofline.point_mb({"bytes_per_token": 5e6, "mb_per_token": 5.0}) == 5.0
+    with pytest.raises(ValueError, match="disagree"):
+        roofline.point_mb({"variant": "x", "bytes_per_token": 5e6, "mb_per_token": 5e6})
+    with pytest.raises(ValueError, match="needs bytes_per_token"):
+        roofline.plot_roofline(20.0, [{"variant": "x", "tokens_per_s": 1.0}])
+    with pytest.raises(ValueError, match="no points"):
+        roofline.plot_roofline(20.0, [])
+    with pytest.raises(ValueError, match="bandwidth"):
+        roofline.plot_roofline(0.0, in_bytes)
+
+
+def test_roofline_legend_explains_the_markers():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from course_lib.llm import roofline
+
+    pts = [{"variant": "fp32", "bytes_per_token": 100e6, "tokens_per_s": 10.0, "p10": 9.0, "p90": 11.0},
+           {"variant": "int8 graph", "bytes_per_token": 30e6, "tokens_per_s": 40.0, "graph": True},
+           {"variant": "llama.cpp Q8_0", "bytes_per_token": 30e6, "tokens_per_s": 45.0, "peer": True}]
+    ax = roofline.plot_roofline(20.0, pts)
+    legend = ax.get_legend()
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert texts[0].startswith("ceiling: 20.0 GB/s")
+    assert texts[1:] == ["eager PyTorch (course_lib)", "one onnxruntime graph per token", "llama.cpp",
+                         "bar: p10–p90 of the timed runs"]
+    markers = [h.get_marker() for h in legend.legend_handles[1:4]]
+    assert markers == ["o", "D", "s"]  # the same markers as the points
+    # only the kinds present are explained; a user's label replaces a kind's text
+    ax = roofline.plot_roofline(20.0, pts[:1], labels={"eager": "my model"})
+    assert [t.get_text() for t in ax.get_legend().get_texts()][1:] == ["my model", "bar: p10–p90 of the timed runs"]
+    with pytest.raises(ValueError, match="unknown point kinds"):
+        roofline.plot_roofline(20.0, pts, labels={"mine": "x"})
+
+
+def test_compare_names_a_direction_only_when_spreads_separate():
+    def result(name, durations):
+        fc = FakeClock(durations)
+        return bench.benchmark(fc.fn, name=name, repeat=len(durations), warmup=0, clock=fc.clock)
+
+    fast, slow = result("fast", [0.001, 0.0011, 0.0012, 0.0013]), result("slow", [0.003, 0.0031, 0.0032, 0.0033])
+    overlapping = result("noisy", [0.0009, 0.002, 0.004, 0.005])
+    assert bench.compare(fast, slow).endswith("fast is 2.7× faster (the p10–p90 spreads separate)")
+    assert "slow is 2.7× slower" in bench.compare(slow, fast)
+    assert bench.compare(fast, overlapping).endswith("not separable here (the p10–p90 spreads overlap)")

@@ -196,7 +196,8 @@ def test_onnx_qdq_export_and_ort_parity(tmp_path):
         ref = q(x)
     # graph optimizations off: onnxruntime runs the Q/DQ ops literally -> same numbers as torch
     assert torch.allclose(OX.ort_predictor(OX.ort_session(p, optimize=False))(x), ref, atol=1e-6)
-    # optimizations on: Q/DQ+Conv become integer QLinearConv kernels -> within about one quantization step
+    # optimizations on: the convs run as float FusedConv/Conv between the Q/DQ ops (different kernels) -> within
+    # about one quantization step (see test_pq_qdq_file_runs_in_float_on_ort_cpu)
     assert torch.allclose(OX.ort_predictor(OX.ort_session(p))(x), ref, atol=3e-3)
     with pq.fb_fake_quant():
         assert pq._quant_nn().TensorQuantizer.use_fb_fake_quant
@@ -278,3 +279,111 @@ def test_modelopt_entropy_calibration_and_ort_static(tmp_path):
         OX.ort_quantize_static(p, tmp_path / "t.onnx", [b.numpy() for b in batches(size=16)], keep_float=("nope",))
     with pytest.raises(ValueError, match="zero batches"):
         OX.ort_quantize_static(p, tmp_path / "t.onnx", [])
+
+
+# ---------------------------------------------------------------------------- a user's own model (issue 26)
+def user_cnn() -> nn.Module:
+    """A 1-channel 28×28 CNN with a Linear head (MNIST-shaped), the model a user brings."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(16 * 7 * 7, 10)).eval()
+
+
+def gray_batches(n=3, bs=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(bs, 1, 28, 28, generator=g) for _ in range(n)]
+
+
+def test_user_cnn_quantizes_linear_and_exports_any_shape(tmp_path):
+    from pytorch_quantization import nn as quant_nn
+
+    f = user_cnn()
+    q = pq.calibrate(pq.quantize_model(f), gray_batches(), "max")
+    assert isinstance(q[7], quant_nn.QuantLinear) and torch.equal(q[7].weight, f[7].weight)
+    assert list(pq.quant_layers(q)) == ["0", "3", "7"]
+    assert q[7]._weight_quantizer.axis == (0,)  # one scale per output row
+    assert "7" not in pq.quant_layers(pq.quantize_model(f, types=(nn.Conv2d,)))  # convolutions only
+    with pytest.raises(ValueError, match="types"):
+        pq.quantize_model(f, types=(nn.ReLU,))
+    x = gray_batches(1, bs=5, seed=2)[0]
+    p = OX.export_onnx(q, tmp_path / "q.onnx", x)
+    assert OX.export_onnx(q, x, tmp_path / "q2.onnx") == tmp_path / "q2.onnx"  # (model, example, path) too
+    ops = OX.op_counts(p)
+    assert ops["QuantizeLinear"] == ops["DequantizeLinear"] == 6 and ops["Gemm"] == 1  # 2 convs + 1 linear
+    with torch.no_grad(), pq.fb_fake_quant():
+        ref = q(x)
+    literal = OX.ort_predictor(OX.ort_session(p, optimize=False))(x)
+    assert literal.shape == (5, 10) and torch.allclose(literal, ref, atol=1e-5)
+    x3 = gray_batches(1, bs=3, seed=5)[0]  # dynamic batch
+    assert OX.ort_predictor(OX.ort_session(p))(x3).shape == (3, 10)
+    with pytest.raises(TypeError, match="example_input"):
+        OX.export_onnx(q, tmp_path / "bad.onnx", [1, 28, 28])
+
+
+def test_pq_qdq_file_runs_in_float_on_ort_cpu(tmp_path):
+    """What export_onnx's docstring (and the book) say: onnxruntime's CPU optimizer keeps pytorch-quantization's
+    layers in float (FusedConv / Gemm after DequantizeLinear); only ort_quantize_static gives QLinearConv."""
+    f = user_cnn()
+    q = pq.calibrate(pq.quantize_model(f), gray_batches(), "max")
+    x = gray_batches(1)[0]
+    ran = OX.optimized_op_counts(OX.export_onnx(q, tmp_path / "pq.onnx", x))
+    assert ran["FusedConv"] + ran["Conv"] == 2 and ran["Gemm"] == 1 and ran["DequantizeLinear"] >= 3
+    assert ran["QLinearConv"] == 0 and ran["QGemm"] == 0 and ran["MatMulInteger"] == 0
+    static = OX.ort_quantize_static(OX.export_onnx(f, tmp_path / "f.onnx", x), tmp_path / "s.onnx", gray_batches())
+    ran_s = OX.optimized_op_counts(static)
+    assert ran_s["QLinearConv"] == 2 and ran_s["FusedConv"] + ran_s["Conv"] == 0
+    run = OX.ort_predictor(OX.ort_session(static))
+    with torch.no_grad():
+        assert S.output_error(lambda t: run(t), f(x), x) < 0.1  # the int8 model stays close to float
+
+
+def test_quantize_and_export_are_quiet_by_default(tmp_path, capfd):
+    from absl import logging as absl_logging
+
+    old = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.WARNING)  # a fresh session's default (the module called quiet_logs())
+    try:
+        q = pq.calibrate(pq.quantize_model(user_cnn()), gray_batches(), "max")
+        OX.export_onnx(q, tmp_path / "q.onnx", gray_batches(1)[0])
+        h = pq.quantize_model(user_cnn(), "histogram")
+        pq.collect_stats(h, gray_batches())
+        pq.compute_amax(h, "percentile")
+        assert absl_logging.get_verbosity() == absl_logging.WARNING  # restored after each call
+    finally:
+        absl_logging.set_verbosity(old)
+    err = capfd.readouterr().err
+    assert "Load calibrated amax" not in err and "Disable MaxCalibrator" not in err, err[:500]
+
+
+def test_output_error_takes_a_tensor_or_the_float_model():
+    f = user_cnn()
+    q = pq.calibrate(pq.quantize_model(f), gray_batches(), "max")
+    x = gray_batches(1, seed=7)[0]
+    with torch.no_grad():
+        ref = f(x)
+    e_tensor, e_model = S.output_error(q, ref, x), S.output_error(q, f, x)
+    assert e_tensor == pytest.approx(e_model) and 0 < e_tensor < 0.1
+    assert S.output_error(f, f, x) == 0.0
+    with pytest.raises(ValueError, match="shape"):
+        S.output_error(q, ref[:2], x)
+    with pytest.raises(TypeError, match="reference must be"):
+        S.output_error(q, 3.0, x)
+
+
+@pytest.mark.slow
+def test_modelopt_quantizes_the_user_cnn_linear_and_exports(tmp_path):
+    require_extra("modelopt", "ptq")
+    from course_lib.ptq import mo
+
+    f = user_cnn()
+    q = mo.quantize(f, gray_batches())
+    assert {"7.input_quantizer", "7.weight_quantizer"} <= set(mo.quantizer_names(q))  # the Linear head too
+    x = gray_batches(1, bs=4, seed=9)[0]
+    assert S.output_error(q, f, x) < 0.1
+    p = OX.export_onnx(q, tmp_path / "mo.onnx", x)
+    assert OX.op_counts(p)["Gemm"] == 1 and OX.count_qdq(p) >= 12
+    with torch.no_grad():
+        assert torch.allclose(OX.ort_predictor(OX.ort_session(p, optimize=False))(x), q(x), atol=1e-4)
+    ran = OX.optimized_op_counts(p)
+    assert ran["QLinearConv"] == 0 and ran["FusedConv"] + ran["Conv"] == 2  # float on onnxruntime's CPU, as for pq

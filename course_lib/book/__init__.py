@@ -313,6 +313,7 @@ def build(run_dir: str | Path, out: str | Path, notebooks: str | Path | None = N
     """
     from course_lib.book import api as api_mod
     from course_lib.book import lessons as lessons_mod
+    from course_lib.book import own_models
     from course_lib.book import results as results_mod
 
     run_dir, out = Path(run_dir), Path(out)
@@ -338,6 +339,7 @@ def build(run_dir: str | Path, out: str | Path, notebooks: str | Path | None = N
                                           note="This book was built with --no-api."), encoding="utf-8")
         lessons_mod.build_lessons(tmp, run, env, ctx, reference)
         results_mod.build_results(tmp, run, env, ctx)
+        own_models.build_page(tmp, env, ctx)  # "Use it on your own model": the recipes of examples/
         (tmp / "index.html").write_text(env.get_template("index.html.j2").render(**ctx), encoding="utf-8")
         (tmp / MARKER).write_text(f"course book of {run_dir.resolve()}\n", encoding="utf-8")
         _replace(tmp, out_r)

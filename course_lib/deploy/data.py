@@ -275,11 +275,44 @@ def load_split(name: str, root: str | Path | None = None) -> list[dict]:
     path = root / f"{name}.jsonl"
     if not path.exists():
         raise FileNotFoundError(
-            f"{path} not found; regenerate with `python -m course_lib.deploy.data` (writes {root})"
+            f"{path} not found; regenerate with `python -m course_lib.deploy.data --out {root}`"
         )
     return read_jsonl(path)
 
 
-if __name__ == "__main__":
-    for kind, p in write_dataset().items():
+def build_parser():
+    """The command line of ``python -m course_lib.deploy.data`` (argparse; ``--help`` lists every option)."""
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m course_lib.deploy.data",
+        description="Generate lesson 1's address splits (train/dev/test JSONL), label files and vocab.txt into --out. "
+                    "Deterministic: the same files, byte for byte, as the committed data/addresses/.",
+        epilog="to replace the committed files: --out data/addresses (in the course checkout)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write (created; existing files of the same "
+                                                              "names are replaced, other files are left alone)")
+    return p
+
+
+def main(argv=None) -> int:
+    """``python -m course_lib.deploy.data --out DIR``: write the dataset into DIR (notebook 01)."""
+    import sys
+
+    args = build_parser().parse_args(argv)
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        print(f"error: --out {out} is a file, not a folder", file=sys.stderr)
+        return 1
+    try:
+        files = write_dataset(out)
+    except OSError as e:
+        print(f"error: cannot write {out}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    for kind, p in files.items():
         print(f"{kind:>13}: {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

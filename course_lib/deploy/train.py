@@ -160,35 +160,146 @@ def per_type_frame(metrics: dict):
     return pd.DataFrame(metrics["per_type"]).T
 
 
-def train_shipped_checkpoint(out=None, epochs: float = 8.0, max_seconds: float | None = None) -> dict:
+def train_shipped_checkpoint(out, epochs: float = 8.0, max_seconds: float | None = None) -> dict:
     """Re-train the tiny checkpoint shipped in ``data/addresses/bert_multitask_tiny.pt`` (≈5 min on one CPU core) (notebook 01).
 
-    Same recipe as the committed file (seed 0, tiny size, 8 epochs, lr 1e-3, batch 32, one thread); saved as fp16.
+    Same recipe as the committed file (seed 0, tiny size, 8 epochs, lr 1e-3, batch 32, one thread); saved as fp16
+    to ``out`` (required: pass ``data.default_dir() / "bert_multitask_tiny.pt"`` to replace the committed file).
     Returns the test metrics. Bit-identity with the committed file is not promised (float summation order).
     """
     from pathlib import Path
 
-    from course_lib.deploy import data as D
-    from course_lib.deploy.features import load_tokenizer
-    from course_lib.deploy.model import bert_config, save_checkpoint
+    from course_lib.deploy.model import save_checkpoint
 
     torch.set_num_threads(1)
-    tok = load_tokenizer()
-    torch.manual_seed(0)
-    model = BertMultitask(bert_config(len(tok), "tiny"), len(AREAS), len(ENTITY_TYPES))
-    res = train(model, tok, D.load_split("train"), TrainConfig(epochs=epochs, max_seconds=max_seconds))
-    out = Path(out) if out else D.default_dir() / "bert_multitask_tiny.pt"
+    model, tok, res = _train_tiny(epochs, max_seconds)
+    out = Path(out)
     save_checkpoint(model, out, half=True, train={"steps": res.steps, "seconds": res.seconds, "epochs": epochs})
-    ev = evaluate(model, tok, D.load_split("test"))
+    ev = evaluate(model, tok, _data().load_split("test"))
     print(f"wrote {out}: test accuracy {ev['cls_accuracy']:.4f}, span F1 {ev['ner_f1']:.4f}")
     return ev
 
 
+def _data():
+    from course_lib.deploy import data as D
+
+    return D
+
+
+def _train_tiny(epochs: float, max_seconds: float | None, progress: bool = True):
+    """(model, tokenizer, TrainResult): the shipped recipe (seed 0, tiny size, lr 1e-3, batch 32) on the train split."""
+    from course_lib.deploy.features import load_tokenizer
+    from course_lib.deploy.model import bert_config
+
+    tok = load_tokenizer()
+    torch.manual_seed(0)
+    model = BertMultitask(bert_config(len(tok), "tiny"), len(AREAS), len(ENTITY_TYPES))
+    res = train(model, tok, _data().load_split("train"),
+                TrainConfig(epochs=epochs, max_seconds=max_seconds, progress=progress))
+    return model.eval(), tok, res
+
+
+def export_model_pt(out, checkpoint=None, retrain: bool = False, epochs: float = 8.0, max_seconds: float | None = None,
+                    save_checkpoint_to=None, max_seq_length: int = 64, progress: bool = True) -> dict:
+    """Write lesson 1's served model ``model.pt`` (the traced TorchScript model) to ``out`` without the notebook (notebook 01).
+
+    The model is the shipped checkpoint (or ``checkpoint``), or with ``retrain=True`` one trained now with the
+    shipped recipe; it is traced on 8 dev addresses as notebook 01 does and checked against the eager model on
+    64 held-out test addresses. ``save_checkpoint_to`` also saves the (retrained) weights as an fp16 checkpoint.
+    Returns {"out", "checkpoint", "parity", "train_steps"}. This is ``python -m course_lib.deploy.train --out PATH``.
+    """
+    from pathlib import Path
+
+    from course_lib.deploy import trace as tracing
+    from course_lib.deploy.features import input2feature, load_tokenizer
+    from course_lib.deploy.model import load_checkpoint, save_checkpoint
+
+    D = _data()
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: name the file to write, e.g. {out / 'model.pt'}")
+    steps = None
+    if retrain:
+        if checkpoint is not None:
+            raise ValueError("--checkpoint and --retrain exclude each other (retrain starts from random weights)")
+        model, tok, res = _train_tiny(epochs, max_seconds, progress)
+        ev = evaluate(model, tok, D.load_split("test"), max_seq_length)
+        steps, source = res.steps, (f"trained now: {res.steps} steps in {res.seconds:.0f} s, test area accuracy "
+                                    f"{ev['cls_accuracy']:.4f}, span F1 {ev['ner_f1']:.4f}")
+    else:
+        ckpt = Path(checkpoint) if checkpoint is not None else D.default_dir() / "bert_multitask_tiny.pt"
+        model, _ = load_checkpoint(ckpt)
+        tok, source = load_tokenizer(), str(ckpt)
+    model = model.float().eval()
+    example = input2feature(tok, [r["text"] for r in D.load_split("dev")[:8]], max_seq_length, warn=False)
+    held = input2feature(tok, [r["text"] for r in D.load_split("test")[-64:]], max_seq_length, warn=False)
+    traced, _ = tracing.trace_model(model, example.as_tuple(), strict=True)
+    par = tracing.parity(model, traced, held.as_tuple())
+    if not (par["max_abs_diff"] < 1e-4 and par["argmax_equal"] and par["spans_equal"]):
+        raise RuntimeError(f"the trace does not match the eager model: {par}")
+    tracing.save_traced(traced, out)
+    saved = None
+    if save_checkpoint_to is not None:
+        saved = save_checkpoint(model, save_checkpoint_to, half=True,
+                                train={"steps": steps, "epochs": epochs} if retrain else {"from": source})
+    return {"out": out, "checkpoint": saved, "source": source, "parity": par, "train_steps": steps}
+
+
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "predict", "span_f1", "per_type_frame",
-           "Features"]
+           "Features", "export_model_pt"]
+
+
+def build_parser():
+    """The command line of ``python -m course_lib.deploy.train`` (argparse; ``--help`` lists every option)."""
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m course_lib.deploy.train",
+        description="Write lesson 1's served model (model.pt, traced TorchScript) without running notebook 01: "
+                    "the shipped tiny checkpoint by default, or one trained now with --retrain (≈5 min on one core). "
+                    "Writes only the files named by --out and --save-checkpoint.",
+        epilog="then: python -m course_lib.deploy.serve --model PATH",
+    )
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="the model.pt file to write (its folder is created), e.g. "
+                        "~/.cache/course_lib/l1/model_repository/address/1/model.pt (where the server looks by default)")
+    p.add_argument("--checkpoint", metavar="CKPT",
+                   help="trace this checkpoint (save_checkpoint format) instead of data/addresses/bert_multitask_tiny.pt")
+    p.add_argument("--retrain", action="store_true", help="train the tiny model now (seed 0, the shipped recipe) first")
+    p.add_argument("--epochs", type=float, default=8.0, help="training epochs with --retrain (default 8, the shipped recipe)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="with --retrain: stop training after this many seconds (and say so)")
+    p.add_argument("--save-checkpoint", metavar="CKPT",
+                   help="also save the weights as an fp16 checkpoint here (e.g. to replace the shipped one)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1: the shipped recipe)")
+    p.add_argument("--no-progress", action="store_true", help="no training progress bar")
+    return p
+
+
+def main(argv=None) -> int:
+    """``python -m course_lib.deploy.train --out PATH [--retrain ...]``: see :func:`build_parser` (notebook 01)."""
+    import sys
+
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.epochs <= 0:
+        p.error(f"--epochs must be positive, got {args.epochs:g}")
+    if args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    try:
+        r = export_model_pt(args.out, checkpoint=args.checkpoint, retrain=args.retrain, epochs=args.epochs,
+                            max_seconds=args.max_seconds, save_checkpoint_to=args.save_checkpoint,
+                            progress=not args.no_progress)
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(f"wrote {r['out']} (from {r['source']}; trace vs eager max |diff| {r['parity']['max_abs_diff']:.2g})")
+    if r["checkpoint"]:
+        print(f"wrote {r['checkpoint']}")
+    print(f"serve it: python -m course_lib.deploy.serve --model {r['out']}")
+    return 0
 
 
 if __name__ == "__main__":
-    import sys
-
-    train_shipped_checkpoint(sys.argv[1] if len(sys.argv) > 1 else None)
+    raise SystemExit(main())

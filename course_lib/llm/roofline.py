@@ -6,6 +6,10 @@ the caches). So the time per token is at least ``weight bytes read per token / m
 and the tokens/s ceiling of a format is ``bandwidth / bytes per token``. Halving the bytes (int8 →
 int4) doubles the ceiling; a kernel that materialises a float copy of the weight reads (and writes)
 more bytes than the float model and falls below the float ceiling.
+
+Units: sizes go in as **bytes** (``ceilings(bw, {"int8": 140e6})``, a point's ``bytes_per_token``), bandwidth as
+GB/s; the tables also carry ``mb_per_token`` (MB = 1e6 bytes) for reading, and :func:`plot_roofline` still accepts
+points that only have ``mb_per_token`` (what :func:`course_lib.llm.decode.decode_benchmark` rows carry).
 """
 
 from __future__ import annotations
@@ -66,8 +70,8 @@ def weight_bytes_per_token(model) -> dict:
             linears += _module_weight_bytes(mod)
         elif name.endswith("norm"):
             norms += _module_weight_bytes(mod)
-    emb = model.model.embed_tokens.weight
-    row = emb.shape[1] * emb.element_size()
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else model.model.embed_tokens
+    row = emb.weight.shape[1] * emb.weight.element_size()
     return {"linears": linears, "lm_head": head, "norms": norms, "embedding_row": row,
             "total": linears + head + norms + row}
 
@@ -82,14 +86,32 @@ def gguf_weight_bytes(path: str | Path) -> int:
 
 
 def ceilings(bandwidth_gbs: float, bytes_per_token: dict[str, float]):
-    """DataFrame: variant, MB read per token, tokens/s ceiling = bandwidth / bytes."""
+    """DataFrame: variant, bytes and MB read per token, tokens/s ceiling = bandwidth / bytes (sizes in bytes) (notebook 03)."""
     import pandas as pd
 
     if bandwidth_gbs <= 0:
         raise ValueError("bandwidth must be positive")
-    rows = [{"variant": k, "mb_per_token": v / 1e6, "ceiling_tokens_per_s": bandwidth_gbs * 1e9 / v}
-            for k, v in bytes_per_token.items()]
+    bad = {k: v for k, v in bytes_per_token.items() if not v or v <= 0}
+    if bad:
+        raise ValueError(f"bytes per token must be positive, got {bad}")
+    rows = [{"variant": k, "bytes_per_token": int(v), "mb_per_token": v / 1e6,
+             "ceiling_tokens_per_s": bandwidth_gbs * 1e9 / v} for k, v in bytes_per_token.items()]
     return pd.DataFrame(rows)
+
+
+def point_mb(p: dict) -> float:
+    """MB per token of a roofline point: from ``bytes_per_token`` (preferred) or ``mb_per_token``; one clear error
+    when it has neither, or both and they disagree (notebook 03)."""
+    has_b, has_mb = p.get("bytes_per_token") is not None, p.get("mb_per_token") is not None
+    if not (has_b or has_mb):
+        raise ValueError(f"roofline point {p.get('variant', p)!r} needs bytes_per_token (or mb_per_token)")
+    mb = float(p["bytes_per_token"]) / 1e6 if has_b else float(p["mb_per_token"])
+    if has_b and has_mb and abs(mb - float(p["mb_per_token"])) > 1e-6 * max(1.0, mb):
+        raise ValueError(f"roofline point {p.get('variant')!r}: bytes_per_token {p['bytes_per_token']} and "
+                         f"mb_per_token {p['mb_per_token']} disagree (1 MB = 1e6 bytes)")
+    if mb <= 0:
+        raise ValueError(f"roofline point {p.get('variant')!r}: bytes per token must be positive")
+    return mb
 
 
 # Label positions tried around a point, in points (dx, dy, horizontal alignment): right, below, left, above, further out.
@@ -133,17 +155,38 @@ def _label_points(ax, labels):
         placed.append(box)
 
 
-def plot_roofline(bandwidth_gbs: float, points, ax=None, title: str | None = None):
-    """Tokens/s against MB of weights per token: the ceiling curve bandwidth/bytes and each measured variant.
+_KINDS = {  # point kind -> (marker, colour, legend text)
+    "eager": ("o", "tab:blue", "eager PyTorch (course_lib)"),
+    "graph": ("D", "tab:green", "one onnxruntime graph per token"),
+    "peer": ("s", "tab:orange", "llama.cpp"),
+}
 
-    ``points``: iterable of dicts with ``variant``, ``mb_per_token``, ``tokens_per_s`` and optionally
-    ``p10``/``p90`` (drawn as an error bar), and ``peer`` (llama.cpp: orange squares) or ``graph`` (one
-    onnxruntime graph per token: green diamonds); the other points are blue circles.
+
+def _kind(p: dict) -> str:
+    return "peer" if p.get("peer", False) else "graph" if p.get("graph", False) else "eager"
+
+
+def plot_roofline(bandwidth_gbs: float, points, ax=None, title: str | None = None, labels: dict | None = None):
+    """Tokens/s against MB of weights per token: the ceiling curve bandwidth/bytes and each measured variant (notebook 03).
+
+    ``points``: iterable of dicts with ``variant``, ``bytes_per_token`` (or ``mb_per_token``), ``tokens_per_s``
+    and optionally ``p10``/``p90`` (drawn as an error bar), and ``peer`` (llama.cpp: orange squares) or ``graph``
+    (one onnxruntime graph per token: green diamonds); the other points are blue circles. The legend explains
+    the ceiling, each marker kind present and the error bars; ``labels`` renames a kind's legend entry, e.g.
+    ``{"eager": "my model"}``.
     """
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.lines import Line2D
 
-    points = list(points)
+    if bandwidth_gbs is None or not bandwidth_gbs > 0:
+        raise ValueError(f"bandwidth must be positive (GB/s), got {bandwidth_gbs}")
+    points = [dict(p, mb_per_token=point_mb(p)) for p in points]
+    if not points:
+        raise ValueError("no points to plot: pass at least one measured variant")
+    unknown = set(labels or {}) - set(_KINDS)
+    if unknown:
+        raise ValueError(f"labels: unknown point kinds {sorted(unknown)}; the kinds are {sorted(_KINDS)}")
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 5))
     xmax = max(p["mb_per_token"] for p in points) * 1.15
@@ -151,22 +194,33 @@ def plot_roofline(bandwidth_gbs: float, points, ax=None, title: str | None = Non
     ceiling = bandwidth_gbs * 1e3 / xs  # GB/s / MB = 1e3 per s
     ymax = max(max(p.get("p90", p["tokens_per_s"]) for p in points) * 1.6,
                bandwidth_gbs * 1e3 / max(p["mb_per_token"] for p in points) * 1.2)
-    ax.plot(xs, np.minimum(ceiling, ymax * 10), color="0.3", lw=1.5,
-            label=f"ceiling: {bandwidth_gbs:.1f} GB/s ÷ bytes per token")
+    (ceiling_line,) = ax.plot(xs, np.minimum(ceiling, ymax * 10), color="0.3", lw=1.5,
+                              label=f"ceiling: {bandwidth_gbs:.1f} GB/s ÷ bytes per token")
+    spreads = False
     for p in points:
-        peer = p.get("peer", False)
         y = p["tokens_per_s"]
         err = None
         if "p10" in p and "p90" in p:
             err = [[max(0.0, y - p["p10"])], [max(0.0, p["p90"] - y)]]
-        fmt, color = ("s", "tab:orange") if peer else ("D", "tab:green") if p.get("graph") else ("o", "tab:blue")
+            spreads = True
+        fmt, color, _ = _KINDS[_kind(p)]
         ax.errorbar([p["mb_per_token"]], [y], yerr=err, fmt=fmt, ms=7, capsize=3, color=color)
     ax.set_xlim(0, xmax)
     ax.set_ylim(0, ymax)
     _label_points(ax, [(p["variant"], p["mb_per_token"], p["tokens_per_s"]) for p in points])
     ax.set_xlabel("MB of weights read per generated token")
     ax.set_ylabel("tokens/s (batch 1, greedy)")
-    ax.set_title(title or "Decoding roofline: ours (circles) and llama.cpp (squares)")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(title or "Decoding roofline (batch 1): measured tokens/s under the memory-bandwidth ceiling")
+    # the legend: the ceiling line, then one entry per marker kind present (proxy artists: not drawn on the axes)
+    handles = [ceiling_line]
+    for kind in ("eager", "graph", "peer"):
+        if any(_kind(p) == kind for p in points):
+            marker, color, text = _KINDS[kind]
+            handles.append(Line2D([], [], ls="none", marker=marker, ms=7, color=color,
+                                  label=(labels or {}).get(kind, text)))
+    if spreads:
+        handles.append(Line2D([], [], ls="none", marker="|", ms=12, mew=1.2, color="0.3",
+                              label="bar: p10–p90 of the timed runs"))
+    ax.legend(handles=handles, loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
     return ax

@@ -3,6 +3,8 @@
 Introduced in ``05_yolov7_ptq.ipynb``. ``mtq.quantize(model, config, forward_loop)`` inserts
 quantizers *and* calibrates in one call (no monkey patching: it converts the modules of an existing
 model); ``mtq.disable_quantizer`` keeps layers in float; the model exports to ONNX Q/DQ like before.
+ModelOpt's INT8 preset quantizes ``Conv2d``, ``Linear`` (and pooling inputs) of any model: feed batches of the
+model's own input shape, then :func:`course_lib.ptq.onnx_utils.export_onnx` with an ``example_input``.
 """
 
 from __future__ import annotations

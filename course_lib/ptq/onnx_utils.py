@@ -23,9 +23,27 @@ from torch import nn
 from course_lib.ptq import pq, require
 
 
-def export_onnx(model: nn.Module, path: str | Path, img_size: int = 128, batch: int = 1, dynamic_batch: bool = True,
-                opset: int = 13) -> Path:
-    """Export ``model`` (float or fake-quantized) to ONNX; quantized models must be calibrated first."""
+def export_onnx(model: nn.Module, path: str | Path, example_input=None, *, img_size: int = 128, batch: int = 1,
+                dynamic_batch: bool = True, opset: int = 13, input_name: str = "images",
+                output_name: str = "output") -> Path:
+    """Export ``model`` (float or fake-quantized) to ONNX at ``path``; quantized models must be calibrated first (notebook 05).
+
+    ``example_input`` is one input tensor of any shape (a 1-channel 28×28 batch, token ids, …); without it a
+    ``(batch, 3, img_size, img_size)`` image of zeros is used (the lesson's detector). ``export_onnx(model,
+    example_input, path)`` is accepted too. Axis 0 is exported as a dynamic batch unless ``dynamic_batch=False``.
+
+    A model quantized with :func:`course_lib.ptq.pq.quantize_model` (``QuantConv2d``/``QuantLinear``) or ModelOpt is
+    written with ``QuantizeLinear``/``DequantizeLinear`` pairs in front of each quantized layer. TensorRT reads those
+    as "run this layer in int8". onnxruntime's CPU kernels do not: its optimizer folds the pair on the weights, keeps
+    the activation's Q→DQ, and runs the layer in float (``FusedConv``/``Gemm`` after a ``DequantizeLinear``), because
+    an int8 ``QLinearConv`` needs a ``QuantizeLinear`` on the layer's *output* too. Only
+    :func:`ort_quantize_static` (Q/DQ around every op) gives ``QLinearConv`` on the CPU; see
+    :func:`optimized_op_counts`, which lists the ops onnxruntime actually runs.
+    """
+    if isinstance(path, (torch.Tensor, tuple, list)) and isinstance(example_input, (str, Path)):
+        path, example_input = example_input, path  # export_onnx(model, example_input, path)
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"export_onnx(model, path, example_input): path must be a file name, got {type(path).__name__}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     has_q = False
@@ -36,11 +54,17 @@ def export_onnx(model: nn.Module, path: str | Path, img_size: int = 128, batch: 
     if has_q:
         pq.check_calibrated(model)
     model.eval()
-    x = torch.zeros(batch, 3, img_size, img_size)
-    kw = dict(input_names=["images"], output_names=["output"], opset_version=opset, dynamo=False, do_constant_folding=True)
+    if example_input is None:
+        x = torch.zeros(batch, 3, img_size, img_size)
+    elif isinstance(example_input, torch.Tensor):
+        x = example_input.detach()
+    else:
+        raise TypeError(f"example_input must be a tensor (one batch of inputs), got {type(example_input).__name__}")
+    kw = dict(input_names=[input_name], output_names=[output_name], opset_version=opset, dynamo=False,
+              do_constant_folding=True)
     if dynamic_batch:
-        kw["dynamic_axes"] = {"images": {0: "batch"}, "output": {0: "batch"}}
-    with _export_warnings_filtered():
+        kw["dynamic_axes"] = {input_name: {0: "batch"}, output_name: {0: "batch"}}
+    with _export_warnings_filtered(), pq.quiet_absl():
         if has_q:
             with pq.fb_fake_quant(True):
                 torch.onnx.export(model, (x,), str(path), **kw)
@@ -101,7 +125,8 @@ def ort_session(path: str | Path, threads: int = 1, optimize: bool = True):
 
 
 def ort_predictor(session):
-    """Wrap a session as a function torch tensor (B, 3, H, W) → torch tensor, usable by detection.evaluate."""
+    """Wrap a session as a function torch tensor (any input shape, e.g. (B, 3, H, W)) → torch tensor (its first output),
+    usable by detection.evaluate."""
     name = session.get_inputs()[0].name
 
     def run(x):
@@ -222,9 +247,11 @@ def ort_quantize_static(fp32_path: str | Path, out_path: str | Path, batches, ke
     if not batches:
         raise ValueError("calibration saw zero batches: pass a non-empty calibration set")
 
+    input_name = onnx.load(str(fp32_path)).graph.input[0].name  # "images" for export_onnx's default
+
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter({"images": b} for b in batches)
+            self.it = iter({input_name: b} for b in batches)
 
         def get_next(self):
             return next(self.it, None)

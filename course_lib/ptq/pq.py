@@ -5,13 +5,15 @@ Introduced in ``05_yolov7_ptq.ipynb``. Two ways to put fake-quantizers into a mo
 - automatic: :func:`auto_quantized` wraps ``quant_modules.initialize()`` / ``deactivate()``, which
   monkey-patches ``torch.nn.Conv2d`` (and friends) with ``QuantConv2d`` so any model *built inside the
   block* gets ``_input_quantizer`` / ``_weight_quantizer`` (``TensorQuantizer``) on every conv;
-- manual: :func:`quantize_model` replaces the ``nn.Conv2d`` modules of an existing (fused) model with
-  ``QuantConv2d`` carrying the ``QuantDescriptor`` s you choose.
+- manual: :func:`quantize_model` replaces the ``nn.Conv2d`` and ``nn.Linear`` modules of an existing (fused)
+  model with ``QuantConv2d`` / ``QuantLinear`` carrying the ``QuantDescriptor`` s you choose.
 
 Calibration (:func:`calibrate`) runs float batches through the model with quantization off and the
 calibrators on, then turns the collected statistics into ``amax`` (max, or histogram → percentile /
 mse / entropy). CPU workarounds for the library's two hard-coded ``.cuda()`` calls are here and
-marked ``CPU WORKAROUND``.
+marked ``CPU WORKAROUND``. The library logs one absl warning per quantizer while it calibrates ("Load calibrated
+amax…"); this module's functions keep those quiet for their own call (:func:`quiet_absl`; :func:`quiet_logs` for
+the whole session).
 """
 
 from __future__ import annotations
@@ -56,8 +58,10 @@ def descriptors(calib_method: str = "max", per_channel_weights: bool = True, num
 
 @contextlib.contextmanager
 def auto_quantized(calib_method: str = "max", float_module_list=None, custom_quant_modules=None):
-    """Inside this block ``torch.nn.Conv2d`` *is* ``QuantConv2d`` (``quant_modules.initialize()``); restored after.
+    """Inside this block ``torch.nn.Conv2d`` *is* ``QuantConv2d`` (and ``nn.Linear`` ``QuantLinear``, …)
+    (``quant_modules.initialize()``); restored after.
 
+    Conv2d and Linear layers built inside get :func:`descriptors` (``calib_method`` inputs, per-channel weights).
     ``custom_quant_modules`` is pytorch-quantization's list of ``(module, "ClassName", QuantClass)``.
     """
     _pq()
@@ -65,41 +69,56 @@ def auto_quantized(calib_method: str = "max", float_module_list=None, custom_qua
 
     quant_nn = _quant_nn()
     inp, w = descriptors(calib_method)
-    old_in, old_w = quant_nn.QuantConv2d.default_quant_desc_input, quant_nn.QuantConv2d.default_quant_desc_weight
-    quant_nn.QuantConv2d.set_default_quant_desc_input(inp)
-    quant_nn.QuantConv2d.set_default_quant_desc_weight(w)
+    classes = (quant_nn.QuantConv2d, quant_nn.QuantLinear)
+    old = [(c, c.default_quant_desc_input, c.default_quant_desc_weight) for c in classes]
+    for c in classes:
+        c.set_default_quant_desc_input(inp)
+        c.set_default_quant_desc_weight(w)
     quant_modules.initialize(float_module_list=float_module_list, custom_quant_modules=custom_quant_modules)
     try:
         yield
     finally:
         quant_modules.deactivate()
-        quant_nn.QuantConv2d.set_default_quant_desc_input(old_in)
-        quant_nn.QuantConv2d.set_default_quant_desc_weight(old_w)
+        for c, old_in, old_w in old:
+            c.set_default_quant_desc_input(old_in)
+            c.set_default_quant_desc_weight(old_w)
+
+
+QUANTIZED_TYPES = (nn.Conv2d, nn.Linear)  # what quantize_model replaces by default
 
 
 def quantize_model(model: nn.Module, calib_method: str = "max", skip: Iterable[str] = (), inplace: bool = False,
-                   per_channel_weights: bool = True) -> nn.Module:
-    """Manual insertion: replace every ``nn.Conv2d`` (except names in ``skip``) with a ``QuantConv2d`` sharing its weights.
+                   per_channel_weights: bool = True, types: tuple = QUANTIZED_TYPES) -> nn.Module:
+    """Manual insertion: replace every ``nn.Conv2d`` and ``nn.Linear`` (except names in ``skip``) with a ``QuantConv2d`` / ``QuantLinear`` sharing its weights.
 
     Inputs get a per-tensor quantizer calibrated with ``calib_method`` ("max" or "histogram"), weights a
-    per-output-channel max quantizer — the scheme TensorRT runs in int8. Returns the (copied) model.
+    per-output-channel max quantizer — the scheme TensorRT runs in int8. ``types`` picks the layer classes
+    (``(nn.Conv2d,)`` for convolutions only). Returns the (copied) model.
     """
     quant_nn = _quant_nn()
     if not inplace:
         model = copy.deepcopy(model)
     inp, w = descriptors(calib_method, per_channel_weights)
     skip = set(skip)
+    unknown = [t for t in types if t not in QUANTIZED_TYPES]
+    if unknown:
+        raise ValueError(f"types: only {[t.__name__ for t in QUANTIZED_TYPES]} are supported, got {unknown}")
     for name, mod in list(model.named_modules()):
         for cname, child in list(mod.named_children()):
             full = f"{name}.{cname}" if name else cname
-            if type(child) is nn.Conv2d and full not in skip:
+            if full in skip or type(child) not in types:
+                continue
+            if type(child) is nn.Conv2d:
                 q = quant_nn.QuantConv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
                                          child.padding, child.dilation, child.groups, child.bias is not None,
                                          child.padding_mode, quant_desc_input=inp, quant_desc_weight=w)
-                q.weight = child.weight
-                if child.bias is not None:
-                    q.bias = child.bias
-                setattr(mod, cname, q)
+            else:  # nn.Linear
+                q = quant_nn.QuantLinear(child.in_features, child.out_features, child.bias is not None,
+                                         quant_desc_input=inp, quant_desc_weight=w)
+            q.weight = child.weight
+            if child.bias is not None:
+                q.bias = child.bias
+            setattr(mod, cname, q)
     return model
 
 
@@ -237,12 +256,13 @@ def collect_stats(model: nn.Module, batches: Iterable[torch.Tensor], tensor_quan
                 model(x)
                 n += 1
     finally:
-        for q in qs.values():
-            if q._calibrator is not None:
-                q.enable_quant()
-                q.disable_calib()
-            else:
-                q.enable()
+        with quiet_absl():  # disable_calib() logs one "Disable MaxCalibrator" warning per quantizer
+            for q in qs.values():
+                if q._calibrator is not None:
+                    q.enable_quant()
+                    q.disable_calib()
+                else:
+                    q.enable()
     if n == 0:
         raise ValueError("calibration saw zero batches: pass a non-empty calibration set "
                          "(amax would stay unset, and a model with amax 0 quantizes everything to 0)")
@@ -262,6 +282,7 @@ def compute_amax(model: nn.Module, method: str = "max", percentile: float = 99.9
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; choose one of {METHODS}")
     ctx = contextlib.ExitStack()
+    ctx.enter_context(quiet_absl())  # one "Load calibrated amax" warning per quantizer otherwise
     if method == "mse" and not torch.cuda.is_available():
         ctx.enter_context(cpu_mse_workaround())
     if method == "entropy" and fast:
@@ -330,7 +351,7 @@ def load_amax(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     which creates missing ``_amax`` buffers with ``.cuda()`` (fails without a GPU).
     """
     qs = quantizers(model)
-    missing = set(state) - set(qs)
+    missing = set(state) - set(qs)  # (no absl logging here: the buffers are set directly)
     if missing:
         raise KeyError(f"amax for unknown quantizers: {sorted(missing)[:3]}")
     for name, amax in state.items():
@@ -373,8 +394,25 @@ def fb_fake_quant(enabled: bool = True):
         quant_nn.TensorQuantizer.use_fb_fake_quant = old
 
 
+@contextlib.contextmanager
+def quiet_absl():
+    """Inside this block absl logs only errors (pytorch-quantization's per-quantizer 'Load calibrated amax…'
+    warnings); the verbosity the caller had is restored after."""
+    try:
+        from absl import logging as absl_logging
+    except ImportError:
+        yield
+        return
+    old = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(old)
+
+
 def quiet_logs() -> None:
-    """Silence pytorch-quantization's per-quantizer absl warnings ('Load calibrated amax...')."""
+    """Silence pytorch-quantization's per-quantizer absl warnings ('Load calibrated amax...') for the whole session."""
     try:
         from absl import logging as absl_logging
 

@@ -15,10 +15,31 @@ from torch import nn
 from course_lib.ptq import pq
 
 
-def output_error(model: nn.Module, reference: torch.Tensor, x: torch.Tensor) -> float:
-    """Relative L2 error ‖f_q(x) − f(x)‖ / ‖f(x)‖ of the (partly) quantized model's output on batch ``x``."""
+def _as_tensor(out, what: str) -> torch.Tensor:
+    """A model output as one tensor: a tensor as is, a tuple/list of tensors flattened and concatenated."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and all(isinstance(t, torch.Tensor) for t in out):
+        return torch.cat([t.reshape(-1) for t in out])
+    raise TypeError(f"output_error: {what} must be a tensor (or a tuple of tensors), got {type(out).__name__}")
+
+
+def output_error(model: nn.Module, reference, x: torch.Tensor) -> float:
+    """Relative L2 error ‖f_q(x) − f(x)‖ / ‖f(x)‖ of the (partly) quantized model's output on batch ``x`` (notebook 05).
+
+    ``reference`` is the float output f(x) (a tensor), or the float model itself (it is run on ``x``).
+    """
     with torch.no_grad():
-        out = model(x)
+        if not isinstance(reference, (torch.Tensor, tuple, list)):
+            if not callable(reference):
+                raise TypeError("output_error: reference must be the float output (a tensor) or the float model, "
+                                f"got {type(reference).__name__}")
+            reference = reference(x)
+        out = _as_tensor(model(x), "the model's output")
+    reference = _as_tensor(reference, "reference")
+    if out.shape != reference.shape:
+        raise ValueError(f"output_error: the model's output has shape {tuple(out.shape)} but reference has "
+                         f"{tuple(reference.shape)}: pass the float model's output on the same x")
     return float((out - reference).norm() / reference.norm().clamp_min(1e-12))
 
 
