@@ -455,3 +455,19 @@ def test_plain_tables_answers_not_a_notebook_and_restores_the_check():
     with metaschedule.plain_tables():
         assert get_global_func(metaschedule.plain_tables.NAME)() is False  # no widget tables, no clear_output
     assert get_global_func(metaschedule.plain_tables.NAME)() == before()
+
+
+@pytest.mark.parametrize("module", ["course_lib.tuning.metaschedule", "course_lib.tuning.relax_model"])
+def test_retune_entry_points_print_help_and_need_an_out_folder(module, tmp_path):
+    """`python -m ... --help` prints help and tunes nothing; without --out nothing is written into the checkout."""
+    import subprocess
+    import sys
+
+    help_run = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert help_run.returncode == 0 and "--out" in help_run.stdout and "--trials" in help_run.stdout
+    bare = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True, cwd=tmp_path)
+    assert bare.returncode == 2 and "--out" in bare.stderr.strip().splitlines()[-1]
+    bad = subprocess.run([sys.executable, "-m", module, "--out", str(tmp_path / "db"), "--trials", "0"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2 and "positive" in bad.stderr.strip().splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []

@@ -482,7 +482,23 @@ def regenerate_matmul(trials: int = 128, n: int = 512, dest: str | Path | None =
     return out
 
 
-if __name__ == "__main__":  # python -m course_lib.tuning.metaschedule [trials]
-    import sys
+def main(argv: list[str] | None = None) -> int:
+    """``python -m course_lib.tuning.metaschedule --out DIR [--trials N] [--size N]``: re-tune the lesson's matmul."""
+    import argparse
 
-    print(regenerate_matmul(int(sys.argv[1]) if len(sys.argv) > 1 else 128))
+    parser = argparse.ArgumentParser(
+        prog="python -m course_lib.tuning.metaschedule",
+        description="Tune lesson 4's n×n×n float32 matmul with MetaSchedule on this machine and write the database "
+        "to --out (pass data/tvm/matmul_512 to refresh the committed one).")
+    parser.add_argument("--out", required=True, type=Path, help="folder the tuned database is written to")
+    parser.add_argument("--trials", type=int, default=128, help="MetaSchedule trials (default 128)")
+    parser.add_argument("--size", type=int, default=512, help="matrix size n (default 512)")
+    args = parser.parse_args(argv)
+    if args.trials < 1 or args.size < 1:
+        parser.error("--trials and --size must be positive integers")
+    print(regenerate_matmul(args.trials, args.size, dest=args.out.expanduser()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

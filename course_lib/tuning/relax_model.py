@@ -205,7 +205,23 @@ def regenerate(trials: int = 128, batch: int = 32, dest: str | Path | None = Non
     return out
 
 
-if __name__ == "__main__":  # python -m course_lib.tuning.relax_model [trials]
-    import sys
+def main(argv: list[str] | None = None) -> int:
+    """``python -m course_lib.tuning.relax_model --out DIR [--trials N] [--batch N]``: re-tune the lesson's MLP."""
+    import argparse
 
-    print(regenerate(int(sys.argv[1]) if len(sys.argv) > 1 else 128))
+    parser = argparse.ArgumentParser(
+        prog="python -m course_lib.tuning.relax_model",
+        description="Tune lesson 4's MLP with MetaSchedule on this machine and write the database to --out "
+        "(pass data/tvm/mlp to refresh the committed one).")
+    parser.add_argument("--out", required=True, type=Path, help="folder the tuned database is written to")
+    parser.add_argument("--trials", type=int, default=128, help="MetaSchedule trials (default 128)")
+    parser.add_argument("--batch", type=int, default=32, help="batch size the MLP is tuned for (default 32)")
+    args = parser.parse_args(argv)
+    if args.trials < 1 or args.batch < 1:
+        parser.error("--trials and --batch must be positive integers")
+    print(regenerate(args.trials, args.batch, dest=args.out.expanduser()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
