@@ -36,6 +36,7 @@ from pathlib import Path
 
 from course_lib import paths
 from course_lib.runner import UsageError
+from course_lib.runner.reports import cpu_line
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATES = PACKAGE_DIR / "templates"
@@ -50,7 +51,7 @@ KEY_METRICS = {
     "l2.": ["l2.world_size", "l2.qps.*"],
     "l3.": ["l3.ppl_fp32_en", "l3.ppl_int8_en", "l3.ppl_int4g_en", "l3.int4g_weight_bytes_ratio", "l3.tokens_per_s_fp32"],
     "l4.": ["l4.gflops_naive", "l4.gflops_hand", "l4.gflops_metaschedule", "l4.gflops_numpy"],
-    "l5.": ["l5.map_fp32", "l5.map_int8_max", "l5.map_int8_entropy", "l5.ort_int8_speedup_bs1"],
+    "l5.": ["l5.map_fp32", "l5.map_int8_max", "l5.map_int8_entropy", "l5.yolov7_ort_int8_speedup_bs1"],
 }
 MAX_KEY_METRICS = 5
 
@@ -120,6 +121,7 @@ class Run:
     started: str
     machine: str | None
     lessons: list[Lesson]
+    cpu: str | None = None  # the CPU's model, vendor and ISA extensions (report.json's "machine" entry)
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,7 +253,8 @@ def load_run(run_dir: Path, notebooks: Path | None = None) -> Run:
                 notebook=nb,
             )
         )
-    return Run(run_dir, str(doc.get("profile", "?")), str(doc.get("started", "?")), machine_line(run_dir), lessons)
+    return Run(run_dir, str(doc.get("profile", "?")), str(doc.get("started", "?")), machine_line(run_dir), lessons,
+               cpu=cpu_line(doc.get("machine")))
 
 
 def course_title() -> str:

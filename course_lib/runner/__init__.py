@@ -7,9 +7,10 @@
     course clean [NAMES...] [--check]
     course exercises [NAMES...]
     course book RUN_DIR --out DIR
-    course gpu-check [--dry-run]
+    course gpu-check [--dry-run] [--device cpu] [--allow-skips]
 
-``course run`` executes each notebook with papermill into ``DIR`` (the sources in ``notebooks/``
+``course run`` executes each notebook with papermill into ``DIR`` (default ``build/course``; a non-empty
+folder that is not an earlier run's needs ``--force``; the sources in ``notebooks/``
 are never written), passing the parameters of the chosen profile from ``ci/profiles.yaml``. It
 keeps going after a failing notebook, counts a notebook that raised
 :class:`course_lib.hw.SkipLesson` as *skipped* with its reason, and writes ``DIR/report.json``
