@@ -35,12 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from course_lib import paths
+from course_lib.book.common import PACKAGE_DIR, STATIC, TEMPLATES, format_seconds, format_value  # noqa: F401
 from course_lib.runner import UsageError
 from course_lib.runner.reports import cpu_line
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-TEMPLATES = PACKAGE_DIR / "templates"
-STATIC = PACKAGE_DIR / "static"
 MARKER = ".course-book"  # written into every book: --out may be replaced only when it holds one
 
 # The metrics an index card shows (the results page shows all of them). A lesson without an entry,
@@ -127,25 +125,6 @@ class Run:
 # --------------------------------------------------------------------------------------------
 # Reading the run (every check happens here, before anything is written)
 # --------------------------------------------------------------------------------------------
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = float(seconds or 0)
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, rest = divmod(int(round(seconds)), 60)
-    return f"{minutes} min {rest:02d} s"
-
-
-def format_value(value) -> str:
-    """A metric value with 4 significant digits (integers as integers)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if v.is_integer() and abs(v) < 1e15:
-        return f"{int(v)}"
-    return f"{v:.4g}"
 
 
 def machine_line(run_dir: Path) -> str | None:
