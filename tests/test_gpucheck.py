@@ -271,3 +271,20 @@ def test_triton_step_compares_int4_with_fp16_on_smollm2_shapes():
     assert res["max_rel_err"][0] < 2e-3  # fp16 input, fp32 accumulation: the same product
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         triton_int4.gpu_check("cpu")
+
+
+def test_triton_step_harness_with_the_real_kernel_interpreted():
+    """gpu_check's harness with the Triton kernel itself (TRITON_INTERPRET=1, in a subprocess) on SmolLM2's q_proj
+    and down_proj shapes, fp16 input as on the GPU: the GPU run can then only fail on what needs the GPU."""
+    from conftest import require_extra
+
+    require_extra("triton", "llm")
+    code = ("from course_lib.llm import triton_int4 as T\n"
+            "r = T.compare_gemv('cpu', shapes=(T.SMOLLM2_SHAPES[0], T.SMOLLM2_SHAPES[-1]), repeat=1, warmup=0)\n"
+            "print('MAXERR', r['max_rel_err'][0], sorted(r))\n")
+    env = dict(os.environ, TRITON_INTERPRET="1",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.split("MAXERR")[1].split()[0]) < 2e-3  # fp16 output of a float32 accumulation
+    assert "layer_speedup_vs_fp16" in out.stdout
