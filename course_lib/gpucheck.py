@@ -7,16 +7,17 @@ under ``"notebooks"``)::
 
     course gpu-check --out build/gpu-check            # every step
     course gpu-check l1 l3 --out build/gpu-check      # only lesson 1 and 3's steps (prefixes of step names)
-    course gpu-check --dry-run                        # list the steps, run nothing
-    course gpu-check --device cpu --out build/rehearse # rehearsal: run each step's code on the CPU
+    course gpu-check --dry-run                        # list the steps and the functions each calls, run nothing
+    course gpu-check --device cpu --allow-skips --out build/rehearse  # rehearsal: each step's code on the CPU
 
 Each step calls the lessons' own code (``course_lib.deploy``, ``parallel``, ``llm``, ``tuning``,
 ``ptq``, ``detection``) with tiny sizes. A step is *skipped* with its reason when it cannot run here:
 no CUDA GPU, a package that cannot be brought to the GPU machine (DeepSpeed, TVM, TensorRT), or a part
 that needs more GPUs than there are (said in the step's notes). The command keeps going after a failed
 step, records the error's last line (the full traceback goes to ``OUT/tracebacks.txt``) and exits 1 if any
-step failed, 0 otherwise (2 for bad input). A step that would start after ``--budget`` seconds (default
-480) is skipped with that reason. Scratch files go to ``OUT/work`` and are removed at the end.
+step failed — or if no step ran on a CUDA GPU (no GPU, a CPU-only torch, a rehearsal), unless ``--allow-skips``:
+a GPU check that checked nothing does not pass — and 0 otherwise (2 for bad input). A step that would
+start after ``--budget`` seconds (default 480) is skipped with that reason. Scratch files go to ``OUT/work`` and are removed at the end.
 
 It imports only what a step needs, when the step runs, and works with whichever torch the machine has
 (nothing here requires the course's pinned ``torch==2.13.0``). ``--device cpu`` runs the same code paths
