@@ -282,6 +282,13 @@ def test_out_dir_with_other_files_needs_force(tmp_path):
     assert proc.stderr.count("\n") == 1 and "is not empty and holds no report.json" in proc.stderr and "--force" in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]  # nothing written beside it
     runner.check_not_foreign(out, force=True)  # --force accepts it
+    stopped = tmp_path / "stopped"  # a run interrupted during its first notebook: no report.json yet
+    stopped.mkdir()
+    (stopped / "00_pass.ipynb").write_text("{}")
+    (stopped / ".00_pass.metrics.json").write_text("{}")
+    runner.check_not_foreign(stopped, notebooks=["00_pass.ipynb"])
+    with pytest.raises(runner.UsageError, match="1 other entries: 00_pass.ipynb"):
+        runner.check_not_foreign(stopped, notebooks=["01_fail.ipynb"])
     (out / "report.json").write_text("{}")
     runner.check_not_foreign(out)  # a previous run's folder is re-used without --force
     runner.check_not_foreign(tmp_path / "new")  # so is a folder that does not exist yet

@@ -51,19 +51,23 @@ def check_out_dir(out: Path, notebooks: Path) -> None:
         raise UsageError(f"output folder {out} is not writable ({existing}: {e.strerror or e})") from None
 
 
-def check_not_foreign(out: Path, force: bool = False) -> None:
-    """A non-empty ``--out`` must be a previous run's folder (it has ``report.json``) unless ``force``.
+def check_not_foreign(out: Path, force: bool = False, notebooks: list[str] | tuple[str, ...] = ()) -> None:
+    """A non-empty ``--out`` must be a previous run's folder unless ``force``.
 
     Notebooks, ``report.json`` and ``report.md`` are written into ``--out`` by name: in a folder of the
-    user's own files they would land beside them (or replace one with the same name) without a word.
+    user's own files they would land beside them (or replace one with the same name) without a word. A
+    previous run's folder has ``report.json``, or (a run stopped during its first notebook) only what a run
+    writes: the executed copies of ``notebooks`` (file names), ``report.md`` and the runner's hidden scratch files.
     """
     if force or not out.is_dir() or (out / "report.json").exists():
         return
+    ours = set(notebooks) | {"report.md"}
     entries = sorted(p.name for p in out.iterdir())
-    if entries:
-        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+    foreign = [e for e in entries if e not in ours and not e.startswith(".")]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise UsageError(f"--out {out} is not empty and holds no report.json of a previous course run "
-                         f"({len(entries)} entries: {shown}); choose an empty or new folder, or pass --force")
+                         f"({len(foreign)} other entries: {shown}); choose an empty or new folder, or pass --force")
 
 
 # Figures must land in the executed notebook. A process that imported streamlit (lesson 3's tests do)
@@ -236,7 +240,7 @@ def run(
         raise UsageError(f"no notebooks found in {nb_dir}")
     check_kernel(kernel)
     check_out_dir(out_dir, nb_dir)
-    check_not_foreign(out_dir, force)
+    check_not_foreign(out_dir, force, [s.path.name for s in specs])
     if timeout is not None and timeout <= 0:
         raise UsageError(f"--timeout must be a positive number of seconds, got {timeout}")
     if with_solutions:  # every solutions file must exist and cover its notebook before anything runs
