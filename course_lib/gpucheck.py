@@ -7,16 +7,17 @@ under ``"notebooks"``)::
 
     course gpu-check --out build/gpu-check            # every step
     course gpu-check l1 l3 --out build/gpu-check      # only lesson 1 and 3's steps (prefixes of step names)
-    course gpu-check --dry-run                        # list the steps, run nothing
-    course gpu-check --device cpu --out build/rehearse # rehearsal: run each step's code on the CPU
+    course gpu-check --dry-run                        # list the steps and the functions each calls, run nothing
+    course gpu-check --device cpu --allow-skips --out build/rehearse  # rehearsal: each step's code on the CPU
 
 Each step calls the lessons' own code (``course_lib.deploy``, ``parallel``, ``llm``, ``tuning``,
 ``ptq``, ``detection``) with tiny sizes. A step is *skipped* with its reason when it cannot run here:
 no CUDA GPU, a package that cannot be brought to the GPU machine (DeepSpeed, TVM, TensorRT), or a part
 that needs more GPUs than there are (said in the step's notes). The command keeps going after a failed
 step, records the error's last line (the full traceback goes to ``OUT/tracebacks.txt``) and exits 1 if any
-step failed, 0 otherwise (2 for bad input). A step that would start after ``--budget`` seconds (default
-480) is skipped with that reason. Scratch files go to ``OUT/work`` and are removed at the end.
+step failed — or if no step ran on a CUDA GPU (no GPU, a CPU-only torch, a rehearsal), unless ``--allow-skips``:
+a GPU check that checked nothing does not pass — and 0 otherwise (2 for bad input). A step that would
+start after ``--budget`` seconds (default 480) is skipped with that reason. Scratch files go to ``OUT/work`` and are removed at the end.
 
 It imports only what a step needs, when the step runs, and works with whichever torch the machine has
 (nothing here requires the course's pinned ``torch==2.13.0``). ``--device cpu`` runs the same code paths
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from course_lib.runner import NotebookResult, UsageError, _atomic_write, _last_line, write_reports
+from course_lib.runner import Layout, NotebookResult, UsageError, check_out_dir, last_line, write_reports
 
 
 class StepSkipped(Exception):
@@ -62,7 +63,7 @@ class Context:
     def rehearsal(self) -> bool:
         return not self.cuda
 
-    def metric(self, name: str, value: float, unit: str) -> float:
+    def metric(self, name: str, value: float, unit: str = "") -> float:
         self.metrics[name] = {"value": float(value), "unit": unit}
         return float(value)
 
@@ -86,6 +87,7 @@ class Step:
     name: str  # e.g. "l1.cuda_train": lesson prefix + what
     title: str  # one line: what runs
     fn: Callable[[Context], str]
+    calls: tuple[str, ...] = ()  # the lessons' functions it runs, "module:attr" (``--dry-run`` lists them)
     min_gpus: int = 1
 
 
@@ -356,21 +358,20 @@ def _l3_fp16(ctx: Context) -> str:
     return "; ".join(out)
 
 
-TRITON_KERNEL_MODULE = "course_lib.llm.triton_int4"  # exposes gpu_check(device) -> {metric: value}
-
-
 def _l3_triton(ctx: Context) -> str:
-    if importlib.util.find_spec(TRITON_KERNEL_MODULE) is None:
-        raise StepSkipped("no fused Triton int4 kernel in course_lib yet (lesson 3 dequantises in PyTorch); "
-                          f"a kernel module {TRITON_KERNEL_MODULE} with gpu_check(device) is run here once it exists")
-    ctx.need_cuda("a Triton kernel")
+    from course_lib.llm import triton_int4
+
+    ctx.need_cuda("the Triton int4 GEMV")
     if importlib.util.find_spec("triton") is None:
-        raise StepSkipped("triton is not installed")
-    mod = importlib.import_module(TRITON_KERNEL_MODULE)
-    res = mod.gpu_check(ctx.device)
-    for k, v in res.items():
-        ctx.metric(f"l3.triton_{k}", v, "")
-    return ", ".join(f"{k} {v:.3g}" for k, v in res.items())
+        raise StepSkipped("triton is not installed (it comes with PyPI's CUDA builds of torch)")
+    res = triton_int4.gpu_check(ctx.device)
+    for k, (v, unit) in res.items():
+        ctx.metric(f"l3.triton_{k}", v, unit)
+    layer = res["layer_speedup_vs_fp16"][0]
+    ctx.note(f"target: a decoder layer's int4 GEMVs >= 1.5x fp16 F.linear ({'met' if layer >= 1.5 else 'not met'})")
+    per = ", ".join(f"{k.removesuffix('_speedup_vs_fp16')} {v:.2f}x" for k, (v, _) in res.items()
+                    if k.endswith("_speedup_vs_fp16") and k != "layer_speedup_vs_fp16")
+    return f"int4 g64 GEMV vs fp16 F.linear at batch 1: layer {layer:.2f}x ({per}); max rel err {res['max_rel_err'][0]:.1e}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -453,20 +454,33 @@ def _l5_tensorrt(ctx: Context) -> str:
 
 STEPS: list[Step] = [
     Step("l0.torch_cuda", "torch.cuda basics + the timing harness on CUDA events (matmul fp32/fp16, copy bandwidth)",
-         _torch_cuda),
+         _torch_cuda,
+         calls=("course_lib.bench:benchmark",)),
     Step("l0.nvml_sampler", "UtilizationSampler and hw.hardware() through NVML while a matmul loop runs",
-         _nvml_sampler),
-    Step("l1.cuda_train", "lesson 1: train the tiny multitask BERT for a few steps on CUDA", _l1_train),
+         _nvml_sampler,
+         calls=("course_lib.hw:hardware", "course_lib.hw:UtilizationSampler")),
+    Step("l1.cuda_train", "lesson 1: train the tiny multitask BERT for a few steps on CUDA", _l1_train,
+         calls=("course_lib.deploy.train:train", "course_lib.deploy.model:BertMultitask")),
     Step("l1.trace_map_location", "lesson 1: trace on cuda:0, reload with map_location, the CUDA-binding demo",
-         _l1_trace),
-    Step("l2.nccl_rank", "lesson 2: single and tensor parallel on NCCL rank(s) under torchrun", _l2_nccl),
-    Step("l2.cuda_streams", "lesson 2: the CUDA-stream sweep (1, 2, 4 streams) on one rank", _l2_streams),
-    Step("l2.deepspeed", "lesson 2: DeepSpeed init_inference (AutoTP) on one rank", _l2_deepspeed),
-    Step("l3.fp16", "lesson 3: fp16 forward and greedy generation; int8/int4 QLinear in fp16 on CUDA", _l3_fp16),
-    Step("l3.triton_int4", "lesson 3: the fused Triton int4 kernel", _l3_triton),
-    Step("l4.gpu_budget", "lesson 4: the gpu profile's tuning budget (TVM build on the machine's CPU)", _l4_budget),
-    Step("l5.detector_cuda", "lesson 5: the course detector's forward on CUDA in fp32 and fp16", _l5_detector),
-    Step("l5.tensorrt", "lesson 5: a TensorRT fp16 engine from the detector's ONNX file", _l5_tensorrt),
+         _l1_trace,
+         calls=("course_lib.deploy.trace:trace_model", "course_lib.deploy.trace:load_traced",
+                "course_lib.deploy.trace:cuda_binding_demo")),
+    Step("l2.nccl_rank", "lesson 2: single and tensor parallel on NCCL rank(s) under torchrun", _l2_nccl,
+         calls=("course_lib.parallel.launcher:launch",)),
+    Step("l2.cuda_streams", "lesson 2: the CUDA-stream sweep (1, 2, 4 streams) on one rank", _l2_streams,
+         calls=("course_lib.parallel.launcher:launch",)),
+    Step("l2.deepspeed", "lesson 2: DeepSpeed init_inference (AutoTP) on one rank", _l2_deepspeed,
+         calls=("course_lib.parallel.launcher:launch",)),
+    Step("l3.fp16", "lesson 3: fp16 forward and greedy generation; int8/int4 QLinear in fp16 on CUDA", _l3_fp16,
+         calls=("course_lib.llm.convert:from_llama", "course_lib.llm.quant:QLinear")),
+    Step("l3.triton_int4", "lesson 3: the Triton int4 GEMV vs fp16 F.linear at batch 1 on SmolLM2's shapes", _l3_triton,
+         calls=("course_lib.llm.triton_int4:gpu_check",)),
+    Step("l4.gpu_budget", "lesson 4: the gpu profile's tuning budget (TVM build on the machine's CPU)", _l4_budget,
+         calls=("course_lib.tuning.matmul:hand_schedule", "course_lib.tuning.matmul:build")),
+    Step("l5.detector_cuda", "lesson 5: the course detector's forward on CUDA in fp32 and fp16", _l5_detector,
+         calls=("course_lib.detection.model:build",)),
+    Step("l5.tensorrt", "lesson 5: a TensorRT fp16 engine from the detector's ONNX file", _l5_tensorrt,
+         calls=("course_lib.ptq.onnx_utils:export_onnx", "course_lib.ptq.trt:build_engine")),
 ]
 
 
@@ -487,7 +501,7 @@ def select_steps(names: list[str]) -> list[Step]:
 
 
 def _error_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {_last_line(str(e)) or '(no message)'}"
+    return f"{type(e).__name__}: {last_line(str(e)) or '(no message)'}"
 
 
 def run_step(step: Step, ctx: Context) -> tuple[NotebookResult, str]:
@@ -524,12 +538,9 @@ def machine_lines() -> list[str]:
                 lines.append(f"cuda:{i}: {p.name}, {p.total_memory / 2**30:.0f} GiB, sm {p.major}.{p.minor}")
     except Exception as e:  # noqa: BLE001 - the header never stops the report
         lines.append(f"torch: {_error_line(e)}")
-    from course_lib import hw
-
-    nv = hw._nvml()
-    if nv is not None:
-        drv = nv.nvmlSystemGetDriverVersion()
-        lines.append(f"NVIDIA driver {drv.decode() if isinstance(drv, bytes) else drv}")
+    drv = nvidia_driver()
+    if drv:
+        lines.append(f"NVIDIA driver {drv}")
     vers = []
     for dist in ("transformers", "triton", "onnxruntime", "numpy", "deepspeed", "tensorrt", "apache-tvm"):
         try:
@@ -540,15 +551,35 @@ def machine_lines() -> list[str]:
     return lines
 
 
+def nvidia_driver() -> str | None:
+    """The NVIDIA driver's version through NVML (``nvidia-ml-py``), or None without a driver or the package."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        drv = pynvml.nvmlSystemGetDriverVersion()
+    except Exception:  # noqa: BLE001 - no driver, no library, no permission: no NVIDIA GPU here
+        return None
+    return drv.decode() if isinstance(drv, bytes) else str(drv)
+
+
 DEFAULT_BUDGET_S = 480  # the issue's limit: every step within 8 minutes on one GPU
 
 
+def describe(step: Step) -> str:
+    """``module.function`` of each lesson function a step calls (what ``--dry-run`` lists)."""
+    return ", ".join(c.replace(":", ".") for c in step.calls) or f"{step.fn.__module__}.{step.fn.__name__}"
+
+
 def run(names: list[str], out: str | os.PathLike, device: str = "auto", dry_run: bool = False,
-        echo: Callable[[str], None] = print, budget_s: float = DEFAULT_BUDGET_S) -> tuple[int, dict | None]:
+        echo: Callable[[str], None] = print, budget_s: float = DEFAULT_BUDGET_S,
+        allow_skips: bool = False) -> tuple[int, dict | None]:
     """Run (or, with ``dry_run``, list) the steps; returns ``(exit_status, report_dict or None)``.
 
     A step that would start after ``budget_s`` seconds is skipped with that reason (a step already
-    running is not interrupted; lesson 2's launches have their own timeouts).
+    running is not interrupted; lesson 2's launches have their own timeouts). Exit status 1 when a step
+    failed, and also when no step ran on a CUDA GPU (no GPU, a CPU-only torch, ``--device cpu``, or every
+    step skipped) unless ``allow_skips``: a GPU check that checked nothing must not pass.
     """
     from course_lib import hw
 
@@ -557,6 +588,7 @@ def run(names: list[str], out: str | os.PathLike, device: str = "auto", dry_run:
         width = max(len(s.name) for s in steps)
         for s in steps:
             echo(f"{s.name:<{width}}  {s.title}")
+            echo(f"{'':<{width}}  calls {describe(s)}")
         echo(f"{len(steps)} steps (dry run: nothing executed)")
         return 0, None
     if not budget_s > 0:
@@ -567,7 +599,6 @@ def run(names: list[str], out: str | os.PathLike, device: str = "auto", dry_run:
     if device == "cuda" and gpus == 0:
         raise UsageError("--device cuda: no CUDA GPU is visible to torch")
     from course_lib import paths
-    from course_lib.runner import check_out_dir
 
     out_dir = Path(out).absolute()
     check_out_dir(out_dir, paths.notebooks_dir())
@@ -607,21 +638,25 @@ def run(names: list[str], out: str | os.PathLike, device: str = "auto", dry_run:
 
     shutil.rmtree(work, ignore_errors=True)
     profile = "gpu-check" if use != "cpu" else "gpu-check rehearsal (cpu)"
-    doc = write_reports(out_dir, profile, started, results)
-    _atomic_write(out_dir / "report.md", render_markdown(out_dir / "report.md", steps, results))
+    doc = write_reports(out_dir, profile, started, results, layout=report_layout(steps))
     failed = sum(r.status == "failed" for r in results.values())
     counts = {k: sum(r.status == k for r in results.values()) for k in ("ok", "failed", "skipped")}
     echo(f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped — report: {out_dir / 'report.md'}")
+    gpu_ran = use == "cuda" and counts["ok"] + counts["failed"] > 0
+    if not gpu_ran and not failed:
+        if not allow_skips:
+            echo(f"gpu-check: no step ran on a CUDA GPU ({'CPU rehearsal' if use == 'cpu' else f'torch sees {gpus} GPUs'})"
+                 ", so nothing was checked: exit 1 (pass --allow-skips to accept a run without a GPU)")
+            return 1, doc
+        echo("gpu-check: no step ran on a CUDA GPU; accepted (--allow-skips)")
     return (1 if failed else 0), doc
 
 
-def render_markdown(course_md: Path, steps: list[Step], results: dict[str, NotebookResult]) -> str:
-    """The course run's report.md, retitled, with the machine's GPU/driver/versions and each step's title."""
-    text = course_md.read_text(encoding="utf-8")
-    head = ["# GPU check report", ""] + [f"- {ln}" for ln in machine_lines()]
-    body = text.split("\n", 1)[1].replace("| notebook |", "| step |").replace("Skipped sections:", "Notes:")
-    titles = ["", "## Steps", ""] + [f"- `{s.name}`: {s.title}" for s in steps]
-    return "\n".join(head) + "\n" + body.rstrip("\n") + "\n" + "\n".join(titles) + "\n"
+def report_layout(steps: list[Step]) -> Layout:
+    """``report.md`` of a GPU check: its own title, the GPU/driver/versions, and each step's title and calls."""
+    titles = tuple(f"- `{s.name}`: {s.title} (calls `{describe(s)}`)" for s in steps)
+    return Layout(title="GPU check report", item="step", notes_heading="Notes",
+                  header=tuple(machine_lines()), sections=(("Steps", titles),))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -637,8 +672,11 @@ def add_arguments(parser) -> None:
                         help=f"seconds; steps that would start later are skipped (default: {DEFAULT_BUDGET_S})")
     parser.add_argument("--device", default="auto",
                         help="auto (cuda when a GPU is visible), cuda, or cpu (a rehearsal of the code paths)")
+    parser.add_argument("--allow-skips", action="store_true",
+                        help="exit 0 even when no step ran on a GPU (a rehearsal); by default that exits 1")
 
 
 def command(args) -> int:
-    status, _ = run(args.steps, args.out, device=args.device, dry_run=args.dry_run, budget_s=args.budget)
+    status, _ = run(args.steps, args.out, device=args.device, dry_run=args.dry_run, budget_s=args.budget,
+                    allow_skips=args.allow_skips)
     return status

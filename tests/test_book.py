@@ -126,6 +126,44 @@ def test_index_lists_every_lesson_with_status_time_metrics_and_machine(site, fix
     assert page.select_one("dd.machine").get_text(strip=True) == machine
 
 
+def test_index_names_the_cpu_from_the_reports_machine_entry(tmp_path, fixture_run):
+    """report.json's "machine" entry (hw.cpu_features: model, vendor, arch, ISA) is on the index page."""
+    run = tmp_path / "run"
+    shutil.copytree(fixture_run, run, ignore=shutil.ignore_patterns("book"))
+    doc = json.loads((run / "report.json").read_text(encoding="utf-8"))
+    doc["machine"] = {"summary": "python 3.11", "arch": "aarch64", "vendor": "Apple", "model": "M9", "isa": ["neon"]}
+    (run / "report.json").write_text(json.dumps(doc), encoding="utf-8")
+    page = soup(book.build(run, tmp_path / "book", notebooks=NB, api=False))
+    assert page.select_one("dd.cpu").get_text(strip=True) == "M9 (Apple, aarch64) · ISA: neon"
+    del doc["machine"]  # a run from before the entry existed still builds, and says so
+    (run / "report.json").write_text(json.dumps(doc), encoding="utf-8")
+    page = soup(book.build(run, tmp_path / "book", notebooks=NB, api=False))
+    assert "not recorded" in page.select_one("dd.cpu").get_text(strip=True)
+
+
+def test_every_key_metric_a_card_names_is_recorded_by_a_notebook():
+    """A renamed metric must not silently drop off its lesson's card: each KEY_METRICS pattern matches a record()."""
+    import fnmatch
+
+    import nbformat
+
+    recorded = []
+    for path in sorted((FIXTURES.parent.parent / "notebooks").glob("*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type != "code":
+                continue
+            for m in re.finditer(r"""record\(\s*(f?)(["'])(.+?)\2""", cell.source):
+                name = m.group(3)
+                recorded.append(re.sub(r"\{[^}]*\}", "*", name) if m.group(1) else name)  # f-string: a pattern
+    assert len(recorded) > 20, recorded
+    missing = []
+    for prefix, patterns in book.KEY_METRICS.items():
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(r, pattern) or fnmatch.fnmatchcase(pattern, r) for r in recorded):
+                missing.append(pattern)
+    assert missing == [], f"book cards ask for metrics no notebook records: {missing}"
+
+
 def test_failed_notebook_page_shows_the_error_at_the_top(site):
     page = soup(site / "01_fail.html")
     banner = page.select_one(".banner-failed")

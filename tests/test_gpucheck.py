@@ -24,6 +24,10 @@ def test_dry_run_lists_every_step_and_runs_nothing(capsys, tmp_path):
         assert name in out
     assert [s.name for s in gpucheck.STEPS] == list(LESSON_PATHS)
     assert f"{len(LESSON_PATHS)} steps (dry run: nothing executed)" in out
+    for step in gpucheck.STEPS:  # each step with the lesson functions it calls
+        assert step.calls, f"{step.name} names no function it calls"
+        assert f"calls {gpucheck.describe(step)}" in out
+    assert "course_lib.llm.triton_int4.gpu_check" in out
     assert not (tmp_path / "out").exists()
 
 
@@ -40,7 +44,7 @@ def test_real_run_reports_every_step_in_the_course_run_schema(tmp_path, capsys):
     names = [] if gpus == 0 else ["l0.torch_cuda"]
     status = runner.main(["gpu-check", *names, "--out", str(tmp_path)])
     doc = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
-    assert set(doc) == {"profile", "started", "notebooks"}
+    assert set(doc) == {"profile", "started", "machine", "notebooks"}
     assert doc["profile"] == "gpu-check"
     expected = list(LESSON_PATHS) if gpus == 0 else names
     assert list(doc["notebooks"]) == expected
@@ -53,10 +57,13 @@ def test_real_run_reports_every_step_in_the_course_run_schema(tmp_path, capsys):
     assert md.startswith("# GPU check report")
     assert all(f"| {n} |" in md for n in expected)
     out = capsys.readouterr().out
+    assert "## Steps" in md and "(calls `course_lib.llm.triton_int4.gpu_check`)" in md
     if gpus == 0:
-        assert status == 0
+        # a GPU check that checked nothing must not pass (a GPU box with a CPU-only torch looks like this)
+        assert status == 1
         assert all(e["skip_reason"] == "needs a CUDA GPU (found 0)" for e in doc["notebooks"].values())
-        assert "no CUDA GPU found" in out
+        assert "no CUDA GPU found" in out and "pass --allow-skips" in out
+        assert runner.main(["gpu-check", "--out", str(tmp_path), "--allow-skips"]) == 0
     else:
         entry = doc["notebooks"]["l0.torch_cuda"]
         assert status == (1 if entry["status"] == "failed" else 0)
@@ -154,9 +161,130 @@ def test_steps_past_the_time_budget_are_skipped_with_the_reason(tmp_path, monkey
         return "done"
 
     monkeypatch.setattr(gpucheck, "STEPS", [gpucheck.Step("t.a", "slow", slow), gpucheck.Step("t.b", "slow", slow)])
-    status, doc = gpucheck.run([], tmp_path, device="cpu", echo=lambda s: None, budget_s=0.1)
+    status, doc = gpucheck.run([], tmp_path, device="cpu", echo=lambda s: None, budget_s=0.1, allow_skips=True)
     assert status == 0
     assert doc["notebooks"]["t.a"]["status"] == "ok"
     assert doc["notebooks"]["t.b"]["status"] == "skipped"
     assert doc["notebooks"]["t.b"]["skip_reason"].startswith("time budget of 0 s spent")
     assert runner.main(["gpu-check", "--budget", "0", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_a_rehearsal_exits_1_unless_skips_are_allowed(tmp_path, monkeypatch):
+    """--device cpu runs no GPU step: without --allow-skips that is not a pass."""
+    monkeypatch.setattr(gpucheck, "STEPS", [gpucheck.Step("t.a", "fine", lambda ctx: "done")])
+    lines = []
+    assert gpucheck.run([], tmp_path / "a", device="cpu", echo=lines.append)[0] == 1
+    assert "no step ran on a CUDA GPU (CPU rehearsal)" in lines[-1]
+    assert gpucheck.run([], tmp_path / "b", device="cpu", echo=lines.append, allow_skips=True)[0] == 0
+
+
+def _resolve(target: str):
+    import importlib
+
+    module, _, attr = target.partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _defined_names(module: str) -> set[str]:
+    """Top-level functions, classes and assignments of a course_lib module, read from its source (no import)."""
+    import ast
+    import importlib.util
+
+    tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text(encoding="utf-8"))
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
+@pytest.mark.parametrize("step", gpucheck.STEPS, ids=lambda s: s.name)
+def test_every_step_calls_functions_that_exist(step):
+    """No step calls a missing attribute: what it names, and every ``alias.attr`` of a course_lib module it imports.
+
+    The GPU steps never run on a CPU machine, so a renamed lesson function would first fail on the GPU box
+    (as ``triton_int4.gpu_check`` did). Modules whose optional package is absent here (TVM, TensorRT) are
+    read from their source instead of imported.
+    """
+    import ast
+    import inspect
+    import textwrap
+
+    def exists(module, attr):
+        try:
+            return _resolve(f"{module}:{attr}") is not None
+        except ImportError:  # an optional dependency of the module itself: read the source
+            return attr.split(".")[0] in _defined_names(module)
+        except AttributeError:
+            return False
+
+    for target in step.calls:
+        module, _, attr = target.partition(":")
+        assert exists(module, attr), f"{step.name} names {target}, which does not exist"
+    tree = ast.parse(textwrap.dedent(inspect.getsource(step.fn)))
+    aliases = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("course_lib"):
+            for a in node.names:
+                sub = f"{node.module}.{a.name}"
+                if importlib_spec(sub):
+                    aliases[a.asname or a.name] = sub
+                else:
+                    assert exists(node.module, a.name), f"{step.name}: from {node.module} import {a.name} fails"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            assert exists(aliases[node.value.id], node.attr), f"{step.name} calls {aliases[node.value.id]}.{node.attr}, which does not exist"
+
+
+def importlib_spec(name):
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def test_triton_step_compares_int4_with_fp16_on_smollm2_shapes():
+    """The harness behind ``gpu_check`` on the CPU, with the reference dequantise-then-matmul as the kernel."""
+    import torch
+
+    from course_lib.llm import quant, triton_int4
+
+    def reference(x, packed, scale, group_size):
+        w = (quant.unpack_int4(packed).float().view(packed.shape[0], -1, group_size)
+             * scale.float().unsqueeze(-1)).reshape(packed.shape[0], -1)
+        return torch.nn.functional.linear(x.float(), w).to(x.dtype)
+
+    shapes = triton_int4.SMOLLM2_SHAPES[:2]
+    res = triton_int4.compare_gemv("cpu", shapes=shapes, kernel=reference, repeat=3, warmup=1)
+    assert {k for k in res} == {f"{n}_{m}" for n, *_ in shapes for m in ("int4_us", "speedup_vs_fp16")} | {
+        "layer_speedup_vs_fp16", "max_rel_err"}
+    assert all(v > 0 and unit for v, unit in res.values() if unit != "rel")
+    assert res["max_rel_err"][0] < 2e-3  # fp16 input, fp32 accumulation: the same product
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        triton_int4.gpu_check("cpu")
+
+
+def test_triton_step_harness_with_the_real_kernel_interpreted():
+    """gpu_check's harness with the Triton kernel itself (TRITON_INTERPRET=1, in a subprocess) on SmolLM2's q_proj
+    and down_proj shapes, fp16 input as on the GPU: the GPU run can then only fail on what needs the GPU."""
+    from conftest import require_extra
+
+    require_extra("triton", "llm")
+    code = ("from course_lib.llm import triton_int4 as T\n"
+            "r = T.compare_gemv('cpu', shapes=(T.SMOLLM2_SHAPES[0], T.SMOLLM2_SHAPES[-1]), repeat=1, warmup=0)\n"
+            "print('MAXERR', r['max_rel_err'][0], sorted(r))\n")
+    env = dict(os.environ, TRITON_INTERPRET="1",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.split("MAXERR")[1].split()[0]) < 2e-3  # fp16 output of a float32 accumulation
+    assert "layer_speedup_vs_fp16" in out.stdout

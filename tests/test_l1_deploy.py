@@ -332,8 +332,8 @@ class FakeClient:
 @pytest.fixture
 def fake_server(monkeypatch):
     def install(mode="ok", release=None):
-        monkeypatch.setattr(S, "check_server", lambda url, timeout_s=3.0: None)
-        monkeypatch.setattr(S, "_client", lambda url, timeout_s: FakeClient(mode, release))
+        monkeypatch.setattr("course_lib.deploy.client.check_server", lambda url, timeout_s=3.0: None)
+        monkeypatch.setattr("course_lib.deploy.client._client", lambda url, timeout_s: FakeClient(mode, release))
 
     return install
 

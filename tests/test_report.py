@@ -33,3 +33,29 @@ def test_bad_values_are_rejected_and_nothing_is_stored(value, err):
     with pytest.raises(err):
         report.record("l1.x", value)
     assert report.metrics() == {}
+
+
+def test_reports_name_the_machine_and_its_cpu_features(tmp_path, monkeypatch):
+    """report.json gets a "machine" entry (hw.summary_line + hw.cpu_features) and report.md a cpu line."""
+    from course_lib import hw
+    from course_lib.runner import NotebookResult, write_reports
+
+    feats = {"arch": "x86_64", "vendor": "GenuineIntel", "model": "Test Xeon 9999", "isa": ["avx2", "avx512f", "amx_int8"]}
+    monkeypatch.setattr(hw, "cpu_features", lambda: dict(feats), raising=False)
+    doc = write_reports(tmp_path, "cpu", "2026-12-05T00:00:00+00:00", {"00_x": NotebookResult("ok", 1.0)})
+    saved = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert saved == doc and list(saved) == ["profile", "started", "machine", "notebooks"]
+    assert saved["machine"] == {"summary": hw.summary_line(), **feats}
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert f"- machine: {hw.summary_line()}" in md
+    assert "- cpu: Test Xeon 9999 (GenuineIntel, x86_64) · ISA: avx2, avx512f, amx_int8" in md
+
+    def broken():
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr(hw, "cpu_features", broken)  # the report is still written, saying why the CPU is unknown
+    doc = write_reports(tmp_path, "cpu", "t", {})
+    assert doc["machine"] == {"summary": hw.summary_line(), "cpu_error": "OSError: no /proc here"}
+    assert "- cpu:" not in (tmp_path / "report.md").read_text(encoding="utf-8")
+    monkeypatch.delattr(hw, "cpu_features")  # before hw has it: the summary line only
+    assert write_reports(tmp_path, "cpu", "t", {})["machine"] == {"summary": hw.summary_line()}

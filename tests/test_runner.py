@@ -238,3 +238,68 @@ def test_papermill_sees_every_parameter_and_profiles_name_only_those():
         for prof in ("cpu", "gpu"):
             extra = set((profiles.get(path.stem) or {}).get(prof) or {}) - assigned
             assert not extra, f"ci/profiles.yaml gives {path.stem} unknown {prof} parameters {sorted(extra)}"
+
+
+def test_executed_copy_has_one_parameters_cell_holding_the_profiles_values(fixture_run):
+    """papermill's injected cell would undo a learner's edit of the tagged cell: its values move into that cell."""
+    _, out = fixture_run
+    nb = nbformat.read(out / "00_pass.ipynb", as_version=4)
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    assert not any("injected-parameters" in t for t in tags)
+    (par,) = [c for c, t in zip(nb.cells, tags) if "parameters" in t]
+    assert par.source.splitlines() == ['profile = "cpu"', "size = 3"]  # the cpu profile's size, not the default 1
+    assert nb.metadata.papermill.parameters == {"profile": "cpu", "size": 3}  # what ran is still recorded
+
+
+def test_merge_keeps_comments_replaces_values_and_appends_new_names():
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    tagged = new_code_cell('n = 1          # how many (cpu: 3)\nname = "a"\nsizes = [1,\n         2]\nkeep = 5\n',
+                           metadata={"tags": ["parameters"]})
+    injected = new_code_cell('# Parameters\nn = 3\nsizes = [4, 5]\nextra = "x"\n', metadata={"tags": ["injected-parameters"]})
+    nb = new_notebook(cells=[tagged, injected, new_code_cell("print(n)")])
+    assert runner.merge_injected_parameters(nb)
+    assert [c.source for c in nb.cells][1] == "print(n)"
+    src = nb.cells[0].source
+    assert src.startswith('n = 3          # how many (cpu: 3)\nname = "a"\nsizes = [4, 5]\nkeep = 5\n')
+    assert src.endswith('extra = "x"')
+    ns = {}
+    exec(src, ns)
+    assert (ns["n"], ns["sizes"], ns["keep"], ns["extra"]) == (3, [4, 5], 5, "x")
+    # nothing to merge, or a cell Python cannot parse (an IPython magic): left as papermill wrote it
+    assert not runner.merge_injected_parameters(new_notebook(cells=[new_code_cell("x = 1")]))
+    magic = new_notebook(cells=[new_code_cell("%env A=1\nn = 1", metadata={"tags": ["parameters"]}),
+                                new_code_cell("n = 2", metadata={"tags": ["injected-parameters"]})])
+    assert not runner.merge_injected_parameters(magic) and len(magic.cells) == 2
+
+
+def test_out_dir_with_other_files_needs_force(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("my own file")
+    proc = course("run", "00", "--profile", "cpu", "--out", str(out), "--notebooks", str(NB), "--profiles", str(PROFILES))
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "is not empty and holds no report.json" in proc.stderr and "--force" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]  # nothing written beside it
+    runner.check_not_foreign(out, force=True)  # --force accepts it
+    stopped = tmp_path / "stopped"  # a run interrupted during its first notebook: no report.json yet
+    stopped.mkdir()
+    (stopped / "00_pass.ipynb").write_text("{}")
+    (stopped / ".00_pass.metrics.json").write_text("{}")
+    runner.check_not_foreign(stopped, notebooks=["00_pass.ipynb"])
+    with pytest.raises(runner.UsageError, match="1 other entries: 00_pass.ipynb"):
+        runner.check_not_foreign(stopped, notebooks=["01_fail.ipynb"])
+    (out / "report.json").write_text("{}")
+    runner.check_not_foreign(out)  # a previous run's folder is re-used without --force
+    runner.check_not_foreign(tmp_path / "new")  # so is a folder that does not exist yet
+
+
+def test_a_broken_subcommand_module_fails_loudly_and_only_its_own_command(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "course_lib.book", None)  # importing it now raises ImportError
+    assert runner.main(["book", "somewhere", "--out", "x", "--no-api"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "`course book` is broken" in err and "Error: import of course_lib.book halted" in err
+    assert "unrecognized arguments" not in err
+    assert runner.main(["list", "--notebooks", str(NB), "--profiles", str(PROFILES)]) == 0

@@ -35,11 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from course_lib import paths
+from course_lib.book.common import PACKAGE_DIR, STATIC, TEMPLATES, format_seconds, format_value  # noqa: F401
 from course_lib.runner import UsageError
+from course_lib.runner.reports import cpu_line
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-TEMPLATES = PACKAGE_DIR / "templates"
-STATIC = PACKAGE_DIR / "static"
 MARKER = ".course-book"  # written into every book: --out may be replaced only when it holds one
 
 # The metrics an index card shows (the results page shows all of them). A lesson without an entry,
@@ -50,7 +49,7 @@ KEY_METRICS = {
     "l2.": ["l2.world_size", "l2.qps.*"],
     "l3.": ["l3.ppl_fp32_en", "l3.ppl_int8_en", "l3.ppl_int4g_en", "l3.int4g_weight_bytes_ratio", "l3.tokens_per_s_fp32"],
     "l4.": ["l4.gflops_naive", "l4.gflops_hand", "l4.gflops_metaschedule", "l4.gflops_numpy"],
-    "l5.": ["l5.map_fp32", "l5.map_int8_max", "l5.map_int8_entropy", "l5.ort_int8_speedup_bs1"],
+    "l5.": ["l5.map_fp32", "l5.map_int8_max", "l5.map_int8_entropy", "l5.yolov7_ort_int8_speedup_bs1"],
 }
 MAX_KEY_METRICS = 5
 
@@ -120,30 +119,12 @@ class Run:
     started: str
     machine: str | None
     lessons: list[Lesson]
+    cpu: str | None = None  # the CPU's model, vendor and ISA extensions (report.json's "machine" entry)
 
 
 # --------------------------------------------------------------------------------------------
 # Reading the run (every check happens here, before anything is written)
 # --------------------------------------------------------------------------------------------
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = float(seconds or 0)
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, rest = divmod(int(round(seconds)), 60)
-    return f"{minutes} min {rest:02d} s"
-
-
-def format_value(value) -> str:
-    """A metric value with 4 significant digits (integers as integers)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if v.is_integer() and abs(v) < 1e15:
-        return f"{int(v)}"
-    return f"{v:.4g}"
 
 
 def machine_line(run_dir: Path) -> str | None:
@@ -251,7 +232,8 @@ def load_run(run_dir: Path, notebooks: Path | None = None) -> Run:
                 notebook=nb,
             )
         )
-    return Run(run_dir, str(doc.get("profile", "?")), str(doc.get("started", "?")), machine_line(run_dir), lessons)
+    return Run(run_dir, str(doc.get("profile", "?")), str(doc.get("started", "?")), machine_line(run_dir), lessons,
+               cpu=cpu_line(doc.get("machine")))
 
 
 def course_title() -> str:

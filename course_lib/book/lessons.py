@@ -13,7 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
-from course_lib.book import TEMPLATES
+from course_lib.book.common import TEMPLATES
 
 NBCONVERT_TEMPLATES = TEMPLATES / "nbconvert"
 LAB_STATIC = ("static/index.css", "static/theme-light.css")  # JupyterLab's look, from nbconvert's lab template

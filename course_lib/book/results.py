@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from course_lib.book import format_value
+from course_lib.book.common import format_value
 
 
 @dataclass

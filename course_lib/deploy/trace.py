@@ -53,7 +53,7 @@ def load_traced(path: str | Path, map_location: str | torch.device = "cpu"):
 def _valid_span_mask(attention_mask: torch.Tensor, num_types: int) -> torch.Tensor:
     m = attention_mask.bool()
     pair = m[:, None, :, None] & m[:, None, None, :]
-    upper = torch.ones(m.shape[1], m.shape[1], dtype=torch.bool).triu()
+    upper = torch.ones(m.shape[1], m.shape[1], dtype=torch.bool, device=m.device).triu()  # on the mask's device
     return (pair & upper).expand(-1, num_types, -1, -1)
 
 

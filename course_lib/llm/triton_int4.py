@@ -97,3 +97,63 @@ def benchmark_vs_fp16(out_features: int = 4096, in_features: int = 4096, group_s
     import pandas as pd
 
     return pd.DataFrame(rows)
+
+
+# SmolLM2-135M's linears at batch 1 (hidden 576, 9 query heads / 3 kv heads of 64, MLP 1536): (name, out, in, per layer)
+SMOLLM2_SHAPES = (("q_proj", 576, 576, 1), ("k_proj", 192, 576, 1), ("v_proj", 192, 576, 1),
+                  ("o_proj", 576, 576, 1), ("gate_proj", 1536, 576, 1), ("up_proj", 1536, 576, 1),
+                  ("down_proj", 576, 1536, 1))
+SMOLLM2_LAYERS = 30
+
+
+def compare_gemv(device: str, shapes=SMOLLM2_SHAPES, group_size: int = 64, kernel=None, repeat: int = 50,
+                 warmup: int = 10, seed: int = 0) -> dict:
+    """Time ``kernel`` (default: :func:`int4_gemv`) against fp16 ``F.linear`` at batch 1 on each shape.
+
+    Returns ``{name: (value, unit)}``: per shape the int4 kernel's median µs and its speed-up over fp16, the
+    whole decoder layer's speed-up (sum of its linears' medians) and the largest relative error of the kernel
+    against the fp32 product with the dequantised weight. Timing goes through :func:`course_lib.bench.benchmark`
+    (CUDA events on a GPU). ``kernel(x, packed, scale, group_size)`` lets a test run the harness on the CPU.
+    """
+    import torch.nn.functional as F
+
+    from course_lib import bench
+    from course_lib.llm.quant import QLinear
+
+    kernel = kernel or int4_gemv
+    g = torch.Generator().manual_seed(seed)
+    out: dict = {}
+    t_fp16 = t_int4 = 0.0
+    worst = 0.0
+    for name, n, k, per_layer in shapes:
+        w = torch.randn(n, k, generator=g) * 0.02
+        q = QLinear(4, w, group_size=group_size)
+        wp, sc = q.weight.to(device), q.scale.to(device)
+        w16 = w.half().to(device)
+        x = torch.randn(1, k, generator=g).half().to(device)
+        want = F.linear(x.float().cpu(), q.dequantize(torch.float32))
+        got = kernel(x, wp, sc, group_size).float().cpu()
+        worst = max(worst, float((got - want).abs().max() / want.abs().max()))
+        r16 = bench.benchmark(lambda: F.linear(x, w16), name=f"fp16 {name}", warmup=warmup, repeat=repeat, device=device)
+        r4 = bench.benchmark(lambda: kernel(x, wp, sc, group_size), name=f"int4 g{group_size} {name}",
+                             warmup=warmup, repeat=repeat, device=device)
+        out[f"{name}_int4_us"] = (r4.median_s * 1e6, "µs")
+        out[f"{name}_speedup_vs_fp16"] = (r16.median_s / r4.median_s, "x")
+        t_fp16 += per_layer * r16.median_s
+        t_int4 += per_layer * r4.median_s
+    out["layer_speedup_vs_fp16"] = (t_fp16 / t_int4, "x")
+    out["max_rel_err"] = (worst, "rel")
+    return out
+
+
+def gpu_check(device: str = "cuda") -> dict:
+    """``course gpu-check``'s lesson 3 step: the Triton int4 GEMV vs fp16 ``F.linear`` on SmolLM2's shapes (batch 1).
+
+    Needs a CUDA GPU and triton; returns :func:`compare_gemv`'s ``{name: (value, unit)}``. The target the
+    course sets is a decoder layer's int4 GEMVs at least 1.5x faster than fp16 (the int4 weight is 1/4 the bytes).
+    """
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        raise RuntimeError(f"gpu_check needs a CUDA GPU (device {device!r}, torch.cuda.is_available() is "
+                           f"{torch.cuda.is_available()}); the CPU tests run int4_gemv under TRITON_INTERPRET=1")
+    _triton()
+    return compare_gemv(device)

@@ -7,10 +7,9 @@ Every rank builds the same weights from the same seed, so outputs can be compare
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import warnings
 from dataclasses import dataclass, field
+
+from course_lib.quiet import quiet_transformers_import as _quiet_first_import
 
 # name -> (hidden, layers, heads, intermediate); vocab 21128 = bert-base-chinese
 PRESETS: dict[str, dict] = {
@@ -19,27 +18,6 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=2, intermediate_size=128),
 }
 VOCAB_SIZE = 21128
-
-
-@contextlib.contextmanager
-def _quiet_first_import():
-    """Silence three import-time notes that do not concern this lesson, only while transformers loads.
-
-    tqdm.auto warns when ipywidgets is missing (no progress bars here); transformers' quantizer
-    registry imports torchao when it is installed, which logs "Failed to load" for its GPU-only
-    kernels, and torch logs an Enum ``register_constant`` deprecation note from torchao.
-    """
-    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="IProgress not found")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def _transformers():
