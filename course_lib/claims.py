@@ -123,9 +123,10 @@ def _triple(s: Sequence[float]) -> tuple[float, float, float]:
     vals = [float(v) for v in s]
     if len(vals) == 2:
         vals = [vals[0], (vals[0] + vals[1]) / 2, vals[1]]
-    if len(vals) != 3 or not all(math.isfinite(v) for v in vals) or not vals[0] <= vals[1] <= vals[2]:
-        raise ValueError(f"a spread is (p10, p50, p90) with p10 <= p50 <= p90, got {tuple(s)}")
-    return vals[0], vals[1], vals[2]
+    if len(vals) != 3 or not all(math.isfinite(v) for v in vals) or not vals[0] <= vals[2]:
+        raise ValueError(f"a spread is (p10, p50, p90) with p10 <= p90, got {tuple(s)}")
+    # a pooled or derived centre may fall just outside its percentiles: only the range is audited
+    return vals[0], min(max(vals[1], vals[0]), vals[2]), vals[2]
 
 
 def _make(name_a, sa, n_a, name_b, sb, n_b, higher_is_better, quantity, unit, better, worse, fmt) -> Claim:
