@@ -54,3 +54,15 @@ def smollm2_cache():
             pytest.fail(f"SmolLM2 weights missing in CI: {e}", pytrace=False)
         pytest.skip(str(e))
     return smollm2.ensure_cached(verbose=False)
+
+
+@pytest.fixture(scope="session")
+def course_run(tmp_path_factory):
+    """The whole course in the cpu profile, with every exercise's solution filled in (the CI run), once per session:
+    tests/test_notebooks.py and tests/test_notebook_claims.py read the same executed notebooks."""
+    from course_lib import runner
+
+    out = Path(os.environ.get("COURSE_TEST_OUT", tmp_path_factory.mktemp("course")))
+    status, doc = runner.run([], profile="cpu", out=out, progress=False, with_solutions=True)
+    print((out / "report.md").read_text())
+    return status, doc, out

@@ -140,6 +140,7 @@ def test_benchmark_frame_and_speedups(variants):
     assert (df["speedup lo"] <= df.speedup).all() and (df.speedup <= df["speedup hi"]).all()
     assert np.allclose(df["img/s"], df.batch * 1000 / df.median_ms)  # images per second at the median latency
     assert (df.min_ms <= df.median_ms).all() and (df.median_ms <= df.p90_ms).all()
+    assert all(len(t) == 2 and min(t) == pytest.approx(m) for t, m in zip(df.times_ms, df.min_ms))  # every timed run
     n_conv = sum(isinstance(m, nn.Conv2d) for m in T.load_checkpoint().fuse().modules())
     assert dict(zip(df.variant, df["int8 convs"])) == {SP.FP32: 0, SP.PQ_QDQ: 0, SP.ORT_QDQ: n_conv - 4}
     sp = SP.speedups(df, SP.ORT_QDQ)

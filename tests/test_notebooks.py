@@ -1,8 +1,6 @@
 """Executes every notebook in notebooks/ through the runner with the cpu profile (run by .ci/run)."""
 
 import json
-import os
-from pathlib import Path
 
 import nbformat
 import pytest
@@ -130,13 +128,7 @@ def missing_metrics(stem: str, recorded) -> list[str]:
     return [m for m in REQUIRED_METRICS.get(stem, []) if not fnmatch.filter(list(recorded), m)]
 
 
-@pytest.fixture(scope="module")
-def course_run(tmp_path_factory):
-    """The whole course in the cpu profile, with every exercise's solution filled in (the CI run)."""
-    out = Path(os.environ.get("COURSE_TEST_OUT", tmp_path_factory.mktemp("course")))
-    status, doc = runner.run([], profile="cpu", out=out, progress=False, with_solutions=True)
-    print((out / "report.md").read_text())
-    return status, doc, out
+# the course run itself is the session fixture ``course_run`` in conftest.py (shared with test_notebook_claims.py)
 
 
 @pytest.mark.notebooks

@@ -166,3 +166,29 @@ def decode_spans(ner_logits, features: Features, entity_types=ENTITY_TYPES, thre
                          "score": float(logits[i, t, s, e])})
         out.append(sorted(ents, key=lambda d: (d["start"], d["end"])))
     return out
+
+
+def area_clues(text: str) -> list[dict]:
+    """The gazetteer names found in ``text``: ``{"level", "name", "area"}`` per province, city or district (notebook 01).
+
+    Provinces and cities match in full or short form (``江苏省``/``江苏``, ``南京市``/``南京``), districts in full; a
+    name with a typo (``成中区``) is not found. What a reader of a misclassified address needs: was a clue that
+    names the area there, or did the text only hold ambiguous or misspelled ones?
+    """
+    from course_lib.deploy.data import GAZETTEER
+
+    found, seen = [], set()
+    for full, short, area, cities in GAZETTEER:
+        for level, names in (("prov", (full, short)), *(("city", (c, c[:-1] if len(c) > 2 else c)) for c in cities)):
+            name = next((n for n in names if n in text), None)
+            if name and (level, names[0]) not in seen:
+                seen.add((level, names[0]))
+                found.append({"level": level, "name": name, "area": area})
+        for districts in cities.values():
+            for d in districts:
+                if d in text and ("district", d, area) not in seen:
+                    seen.add(("district", d, area))
+                    found.append({"level": "district", "name": d, "area": area})
+    # a municipality's province and city are one name: keep it once, as the city
+    cities_found = {f["name"] for f in found if f["level"] == "city"}
+    return [f for f in found if not (f["level"] == "prov" and f["name"] in cities_found)]

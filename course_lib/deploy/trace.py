@@ -198,6 +198,32 @@ def op_histogram(module_or_graph, top: int = 15):
     return pd.Series(kinds).value_counts().head(top)
 
 
+def dropout_nodes(module_or_graph):
+    """Every ``aten::dropout`` node of a TorchScript graph: the module that called it, ``p`` and ``train`` (notebook 01).
+
+    A trace records each ``F.dropout(x, p, training)`` call it ran, with ``training`` frozen as a constant: in an
+    eval-mode trace it is ``False`` and the op returns its input. ``torch.jit.freeze`` folds such nodes away.
+    """
+    import pandas as pd
+
+    rows = []
+    for n in _graph(module_or_graph).nodes():
+        if n.kind() != "aten::dropout":
+            continue
+        args = list(n.inputs())[1:3]
+        p, train = (a.toIValue() if a.node().kind() == "prim::Constant" else "dynamic" for a in args)
+        scope = n.scopeName().rsplit("/", 1)[-1].removeprefix("__module.") or "(top level)"
+        rows.append({"called by": scope or "(model)", "p": p, "train": train})
+    return pd.DataFrame(rows, columns=["called by", "p", "train"])
+
+
+def export_shape_symbols(exported) -> dict[str, str]:
+    """``{input name: shape}`` of a ``torch.export`` program's user inputs, with its symbolic dims (notebook 01)."""
+    names = set(exported.graph_signature.user_inputs)
+    return {n.name: str(tuple(n.meta["val"].shape)) for n in exported.graph.nodes
+            if n.op == "placeholder" and n.name in names and "val" in n.meta}
+
+
 def check_no_device_constants(module_or_graph) -> None:
     """Raise ``AssertionError`` naming each device constant (call before shipping a trace to multi-GPU Triton) (notebook 01)."""
     found = device_constants(module_or_graph)
@@ -254,7 +280,9 @@ def latency_compare(eager: nn.Module, traced, inputs_by_batch: dict, warmup: int
                                        repeat=repeat, device=device, extra={"mode": name, "batch": b})
             results.append(rs[name])
         ratios[b] = rs["traced"].median_s / rs["eager"].median_s
-    return bench.to_frame(results), ratios
+    frame = bench.to_frame(results)
+    frame["times_ms"] = [[t * 1e3 for t in r.times_s] for r in results]  # every timed call: the spreads of a comparison
+    return frame, ratios
 
 
 def cuda_binding_demo(model: nn.Module, inputs: tuple) -> dict:

@@ -153,6 +153,7 @@ def benchmark_onnx(paths: dict[str, Path], image: np.ndarray | torch.Tensor, bat
                                 extra={"variant": name, "batch": bs})
             rows.append(r)
     df = bench.to_frame(rows)
+    df["times_ms"] = [[t * 1e3 for t in r.times_s] for r in rows]  # every timed run: what a comparison's spread comes from
     base = df[df.variant == FP32].set_index("batch")["median_ms"]
     df["speedup"] = [base[b] / m for b, m in zip(df.batch, df.median_ms)]
     # the spread of that ratio: fp32's fastest over this file's p90, fp32's p90 over this file's fastest
@@ -163,6 +164,32 @@ def benchmark_onnx(paths: dict[str, Path], image: np.ndarray | torch.Tensor, bat
     df["int8 convs"] = [convs[v]["QLinearConv"] for v in df.variant]
     df["float convs"] = [convs[v]["Conv"] for v in df.variant]
     return df
+
+
+def qdq_parameter_bytes(path: str | Path) -> dict:
+    """Where an ONNX file keeps its Q/DQ scales and zero points: tensor count and bytes by source (notebook 05).
+
+    Sources: ``initializer`` (the graph's stored tensors, what :func:`onnx_utils.initializer_bytes` counts),
+    ``Constant node`` (a tensor inside a node of the graph, which the TorchScript exporter writes for
+    ``fake_quantize_*`` scales), or ``computed`` (the output of another op).
+    """
+    from course_lib.ptq import require
+
+    onnx = require("onnx")
+    from onnx import numpy_helper
+
+    g = onnx.load(str(path)).graph
+    inits = {t.name: numpy_helper.to_array(t).nbytes for t in g.initializer}
+    consts = {n.output[0]: numpy_helper.to_array(a.t).nbytes for n in g.node if n.op_type == "Constant"
+              for a in n.attribute if a.name == "value"}
+    names = {i for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") for i in n.input[1:] if i}
+    out = {src: {"tensors": 0, "bytes": 0} for src in ("initializer", "Constant node", "computed")}
+    for name in names:
+        src, nbytes = (("initializer", inits[name]) if name in inits else
+                       ("Constant node", consts[name]) if name in consts else ("computed", 0))
+        out[src]["tensors"] += 1
+        out[src]["bytes"] += int(nbytes)
+    return out
 
 
 def verdict(lo: float, hi: float) -> str:
