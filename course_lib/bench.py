@@ -182,21 +182,6 @@ def benchmark(
     )
 
 
-def compare(a: BenchResult, b: BenchResult) -> str:
-    """One sentence comparing two results' latency; it names a direction only when the p10–p90 spreads separate (00).
-
-    ``"x @ x: 1.20 ms vs torch.mm: 1.18 ms (median) — not separable here (the p10–p90 spreads overlap)"``,
-    or ``"… — x @ x is 1.9× faster (the p10–p90 spreads separate)"``. Timings on a shared machine move; a
-    direction read from overlapping spreads would not survive another run.
-    """
-    head = f"{a.name}: {a.median_ms:.3g} ms vs {b.name}: {b.median_ms:.3g} ms (median)"
-    if a.p90_ms < b.p10_ms:
-        return f"{head} — {a.name} is {b.median_ms / a.median_ms:.2g}× faster (the p10–p90 spreads separate)"
-    if b.p90_ms < a.p10_ms:
-        return f"{head} — {a.name} is {a.median_ms / b.median_ms:.2g}× slower (the p10–p90 spreads separate)"
-    return f"{head} — not separable here (the p10–p90 spreads overlap)"
-
-
 def to_frame(results: Iterable[BenchResult]):
     """A pandas DataFrame with one row per result (see :meth:`BenchResult.as_row`)."""
     import pandas as pd

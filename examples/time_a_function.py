@@ -5,7 +5,7 @@ Run: python examples/time_a_function.py
 
 import torch
 
-from course_lib import bench
+from course_lib import bench, claims
 
 
 def main(size: int = 128, repeat: int = 20):
@@ -21,7 +21,7 @@ def main(size: int = 128, repeat: int = 20):
     ours = bench.benchmark(mine, name="relu(x @ w)", items=size, unit="rows", warmup=3, repeat=repeat)
     ref = bench.benchmark(baseline, name="linear + clamp", items=size, unit="rows", warmup=3, repeat=repeat)
     print(ours)                      # median (p10–p90), min, rows/s
-    print(bench.compare(ours, ref))  # a direction only when the p10–p90 spreads separate
+    print(claims.compare_results(ours, ref))  # a direction only when the p10–p90 spreads separate
     table = bench.to_frame([ours, ref])[["name", "p10_ms", "median_ms", "p90_ms", "rows/s"]]
     print(table.round(4).to_string(index=False))
     return ours, ref

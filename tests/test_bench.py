@@ -147,13 +147,15 @@ def test_roofline_legend_explains_the_markers():
         roofline.plot_roofline(20.0, pts, labels={"mine": "x"})
 
 
-def test_compare_names_a_direction_only_when_spreads_separate():
+def test_compare_results_names_a_direction_only_when_spreads_separate():
+    from course_lib import claims
+
     def result(name, durations):
         fc = FakeClock(durations)
         return bench.benchmark(fc.fn, name=name, repeat=len(durations), warmup=0, clock=fc.clock)
 
     fast, slow = result("fast", [0.001, 0.0011, 0.0012, 0.0013]), result("slow", [0.003, 0.0031, 0.0032, 0.0033])
     overlapping = result("noisy", [0.0009, 0.002, 0.004, 0.005])
-    assert bench.compare(fast, slow).endswith("fast is 2.7× faster (the p10–p90 spreads separate)")
-    assert "slow is 2.7× slower" in bench.compare(slow, fast)
-    assert bench.compare(fast, overlapping).endswith("not separable here (the p10–p90 spreads overlap)")
+    assert str(claims.compare_results(fast, slow, record=False)).startswith("fast was faster than slow here")
+    assert str(claims.compare_results(slow, fast, record=False)).startswith("slow was slower than fast here")
+    assert "not separable here" in str(claims.compare_results(fast, overlapping, record=False))

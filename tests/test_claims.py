@@ -82,3 +82,33 @@ def test_no_side_file_outside_the_runner(tmp_path):
     assert len(claims.recorded()) == 1
     claims.compare("A", [1, 2], "B", [3, 4], record=False)
     assert len(claims.recorded()) == 1
+
+
+def test_shown_records_the_sentence_the_reader_sees_with_the_claims_direction(monkeypatch):
+    monkeypatch.setattr(claims, "_claims", [])
+    c = claims.compare_spreads("A", (10, 11, 12), "B", (20, 21, 22), record=False)
+    assert claims.recorded() == []
+    out = claims.shown(c, "A → B: 2× slower, outside the run-to-run spread")
+    (rec,) = claims.recorded()
+    assert rec["sentence"] == str(out) == "A → B: 2× slower, outside the run-to-run spread"
+    assert rec["direction"] == claims.LOWER and claims.audit(rec) is None
+
+
+def test_lesson4_matmul_compare_is_audited_like_every_claim(monkeypatch):
+    """tuning.matmul.compare takes its direction from claims and records the sentence it returns."""
+    from course_lib import bench
+    from course_lib.tuning import matmul
+
+    monkeypatch.setattr(claims, "_claims", [])
+
+    def res(name, secs):
+        return bench.BenchResult(name=name, times_s=list(secs), items=2e9, unit="FLOP")
+
+    slow, fast, noisy = res("slow", [2.0, 2.1, 2.2]), res("fast", [1.0, 1.05, 1.1]), res("noisy", [1.0, 1.5, 2.3])
+    text, text_noisy = matmul.compare(slow, fast), matmul.compare(slow, noisy)
+    assert "faster, outside the run-to-run spread" in text and "within the run-to-run spread" in text_noisy
+    assert matmul.separated(slow, fast) and not matmul.separated(slow, noisy)
+    recs = claims.recorded()
+    assert [r["sentence"] for r in recs] == [text, text_noisy]
+    assert recs[0]["direction"] == claims.HIGHER and recs[1]["direction"] == claims.NONE
+    assert all(claims.audit(r) is None for r in recs)

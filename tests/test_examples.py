@@ -126,7 +126,7 @@ def test_recipe_time_a_function(capsys):
     for r in (ours, ref):
         assert len(r.times_s) == 5 and r.p10_ms <= r.p50_ms <= r.p90_ms and r.unit == "rows" and r.items == 32
     out = capsys.readouterr().out
-    assert "relu(x @ w): median" in out and ("spreads overlap" in out or "spreads separate" in out)
+    assert "relu(x @ w): median" in out and ("are not separable here" in out or " than linear + clamp here" in out)
 
 
 def test_recipe_quantize_transformers_model():

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from course_lib import claims
 from course_lib.tuning.common import host_target, matmul_flops, require_tvm, time_kernel
 
 STEPS = ("naive", "split", "reorder", "vectorize", "parallel")
@@ -193,16 +194,27 @@ def gflops_range(result) -> tuple[float, float]:
 
 
 def compare(before, after) -> str:
-    """A sentence comparing two FLOP-unit BenchResults with their p10–p90 spread; says when the ranges overlap."""
+    """A sentence comparing two FLOP-unit BenchResults with their p10–p90 spread; says when the ranges overlap.
+
+    The direction comes from :func:`course_lib.claims.separation` and the sentence is recorded as a claim, so the
+    course run's audit checks it like every other comparison.
+    """
     lo_b, hi_b = gflops_range(before)
     lo_a, hi_a = gflops_range(after)
     ratio = gflops(after) / gflops(before)
     spread = f"{gflops(before):.2f} [{lo_b:.2f}–{hi_b:.2f}] → {gflops(after):.2f} [{lo_a:.2f}–{hi_a:.2f}] GFLOP/s"
-    if lo_a > hi_b:
-        return f"{spread}: {ratio:.2f}× faster, outside the run-to-run spread"
-    if hi_a < lo_b:
-        return f"{spread}: {1 / ratio:.2f}× slower, outside the run-to-run spread"
-    return f"{spread}: ×{ratio:.2f}, within the run-to-run spread (the p10–p90 ranges overlap; another run can flip it)"
+    claim = claims.compare_spreads(getattr(after, "name", "after"), (lo_a, gflops(after), hi_a),
+                                   getattr(before, "name", "before"), (lo_b, gflops(before), hi_b),
+                                   n_a=len(after.times_s), n_b=len(before.times_s), higher_is_better=True,
+                                   quantity="GFLOP/s", better="faster", worse="slower", record=False)
+    if claim.direction == claims.HIGHER:
+        text = f"{spread}: {ratio:.2f}× faster, outside the run-to-run spread"
+    elif claim.direction == claims.LOWER:
+        text = f"{spread}: {1 / ratio:.2f}× slower, outside the run-to-run spread"
+    else:
+        text = f"{spread}: ×{ratio:.2f}, within the run-to-run spread (the p10–p90 ranges overlap; another run can flip it)"
+    claims.shown(claim, text)
+    return text
 
 
 def time_interleaved(kernels: dict, data: MatmulData, rounds: int = 10, number: int = 3, target=None) -> dict:
@@ -259,6 +271,6 @@ def time_interleaved(kernels: dict, data: MatmulData, rounds: int = 10, number: 
 
 def separated(a, b) -> bool:
     """True when the p10–p90 GFLOP/s ranges of two FLOP-unit BenchResults do not overlap (a direction can be stated)."""
-    lo_a, hi_a = gflops_range(a)
-    lo_b, hi_b = gflops_range(b)
-    return lo_a > hi_b or lo_b > hi_a
+    return claims.separation(gflops_range(a), gflops_range(b)) != claims.NONE
+
+
