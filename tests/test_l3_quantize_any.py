@@ -10,9 +10,10 @@ from torch import nn
 
 from course_lib.llm import quant
 from course_lib.llm.quant import QLinear, quantize_model
+from conftest import require_extra
 from test_l3_fast import REL_TOL, _rel_err  # lesson 3's stated tolerance for the fast path (2 % of max |ref|)
 
-pytest.importorskip("transformers")
+require_extra("transformers", "llm")  # skipped locally without it, a failure in CI
 from course_lib.llm.convert import from_llama, tiny_llama  # noqa: E402
 
 IDS = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(0))
@@ -170,3 +171,14 @@ def test_quantizing_twice_is_refused():
     hf = quantize_model(tiny_llama(), 8)
     with pytest.raises(RuntimeError, match="already quantized"):
         quantize_model(hf, 4)
+
+
+def test_baichuan_bad_lm_head_bits_change_nothing():
+    """Issue 25: the head's bits used to be checked after every other layer had been replaced."""
+    m = from_llama(tiny_llama())
+    before = state(m)
+    with pytest.raises(ValueError, match="lm_head must be"):
+        m.quantize(4, 32, kernel="fast", lm_head=2)
+    assert_untouched(m, before)
+    m.quantize(4, 32, kernel="fast", lm_head=8)
+    assert m.lm_head.bits == 8 and m.model.layers[1].mlp.down_proj.bits == 4
