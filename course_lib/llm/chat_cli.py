@@ -312,7 +312,7 @@ def _sampling_type(name: str, cast):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="course-chat", description="Chat with SmolLM2 in Baichuan's layout (lesson 3).")
+    p = _Parser(prog="course-chat", description="Chat with SmolLM2 in Baichuan's layout, or your own Baichuan checkpoint (lesson 3).")
     p.add_argument("--bits", type=int, choices=(16, 8, 4), default=16,
                    help="weight precision of the linears: 16 = unquantized (float32 on CPU), 8 or 4 = QLinear")
     p.add_argument("--group-size", type=int, default=None, help="int4/int8 group size (default: per-row, Baichuan's scheme)")
