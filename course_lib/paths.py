@@ -40,9 +40,24 @@ def profiles_file() -> Path:
     return repo_root() / "ci" / "profiles.yaml"
 
 
+class CacheDirError(ValueError):
+    """The cache folder cannot be used (``$COURSE_CACHE`` names a file, an unwritable place ...); one-line message."""
+
+
 def cache_dir(*parts: str) -> Path:
-    """A writable cache folder: ``$COURSE_CACHE`` or ``~/.cache/course_lib``, created on demand."""
-    base = Path(os.environ.get("COURSE_CACHE", Path.home() / ".cache" / "course_lib")).expanduser()
+    """A writable cache folder: ``$COURSE_CACHE`` or ``~/.cache/course_lib``, created on demand.
+
+    Raises :class:`CacheDirError` (a ValueError whose message says what to change) when it cannot be created.
+    """
+    env = os.environ.get("COURSE_CACHE") or ""  # unset or empty: the default
+    base = Path(env or Path.home() / ".cache" / "course_lib").expanduser()
     path = base.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # FileExistsError / NotADirectoryError: a file on the way; PermissionError ...
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker else (e.strerror or type(e).__name__)
+        where = f"COURSE_CACHE={env}" if env else "the default ~/.cache/course_lib"
+        raise CacheDirError(f"cannot use the cache folder {path}: {why}. Set COURSE_CACHE to a writable folder "
+                            f"(now {where})") from None
     return path

@@ -130,16 +130,10 @@ def test_recipe_time_a_function(capsys):
 
 
 def test_recipe_quantize_transformers_model():
-    import inspect
-
     from conftest import require_extra
 
     require_extra("transformers", "llm")
     require_extra("onnxruntime", "llm")  # kernel="fast" is onnxruntime's MatMulNBits
-    from course_lib.llm import quant
-
-    if "include" not in inspect.signature(quant.quantize_model).parameters:
-        pytest.xfail("needs h2b quantize_model")
     table = recipe("quantize_transformers_model.py")["main"](new_tokens=4, repeat=1)
     assert list(table.index) == ["fp32", "int8", "int4 g32"]
     assert abs(table.loc["int8", "ppl vs fp32"]) < 0.01 and abs(table.loc["int4 g32", "ppl vs fp32"]) < 0.05

@@ -27,6 +27,12 @@ Storage
   ``4n .. 4n+3`` of word ``c``. Packing is vectorised (shift and sum over the 8 nibbles),
   unpacking is exact.
 
+Which layers
+------------
+:func:`quantize_model` works on any torch model: it replaces ``nn.Linear`` modules chosen by glob patterns over
+their names (default: all but the output head), so Baichuan's ``W_pack`` layout is one case and a transformers
+``LlamaForCausalLM`` needs no conversion. :func:`select_linears` previews the choice.
+
 The forward dequantises the whole weight to the input's dtype every call and then does a normal
 matmul. That saves memory, not time: on a CPU (or a GPU without a fused kernel) it is *slower*
 than the float layer. A fused kernel (cpm_kernels in Baichuan, Marlin/ExLlama on GPUs) would
@@ -35,6 +41,7 @@ unpack tiles inside the GEMM and win because decoding is memory-bound.
 
 from __future__ import annotations
 
+import fnmatch
 import operator
 
 import torch
@@ -42,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 SUPPORTED_BITS = (4, 8)
+# what quantize_model replaces by default in each BaichuanForCausalLM layer (every Linear but the head)
 TARGET_NAMES = ("self_attn.W_pack", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 _SHIFTS = torch.arange(0, 32, 4, dtype=torch.int64)  # nibble n lives at bit 4n
 
@@ -282,70 +290,168 @@ class QLinear(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# the whole model
+# the whole model: choose the linears by name, check everything, then swap them all at once
 
 
-def _target_modules(model) -> list[tuple[nn.Module, str, nn.Module]]:
-    """(parent, attribute, module) of every quantizable linear; a clear TypeError for another layout."""
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if not isinstance(model, nn.Module) or layers is None:
-        raise TypeError(f"expected a BaichuanForCausalLM (with model.layers), got {type(model).__name__}; "
-                        "convert a LLaMA-family model first with course_lib.llm.convert.from_llama")
-    out = []
-    for i, layer in enumerate(layers):
-        for path in TARGET_NAMES:
-            parent_name, attr = path.split(".")
-            parent = getattr(layer, parent_name, None)
-            if parent is None or not hasattr(parent, attr):
-                raise TypeError(f"layer {i} has no {path}: not the Baichuan layout (convert with "
-                                "course_lib.llm.convert.from_llama)")
-            out.append((parent, attr, getattr(parent, attr)))
-    return out
+def _patterns(value, what: str) -> tuple[str, ...]:
+    """A glob pattern or a list of them → tuple of patterns; TypeError for anything else."""
+    if value is None:
+        return ()
+    pats = (value,) if isinstance(value, str) else value
+    try:
+        pats = tuple(pats)
+    except TypeError:
+        raise TypeError(f"{what} must be a glob pattern or a list of them (e.g. '*.mlp.*'), "
+                        f"got {type(value).__name__}") from None
+    if not pats or not all(isinstance(p, str) and p for p in pats):
+        raise TypeError(f"{what} must be non-empty glob pattern strings (e.g. '*.mlp.*'), got {value!r}")
+    return pats
 
 
-def _check_quantizable(targets, group_size) -> None:
-    for parent, attr, lin in targets:
-        if not isinstance(lin, nn.Linear):
-            raise RuntimeError(f"{attr} is {type(lin).__name__}, expected nn.Linear")
-        _check_group_size(group_size, lin.in_features)  # checked for every layer before any is replaced
+def _matches(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-@torch.no_grad()
-def quantize_model(model, bits: int, group_size: int | None = None, kernel: str = "reference",
-                   lm_head: bool = False):
-    """Replace W_pack, o_proj, gate/up/down_proj in every layer by QLinear; returns the model (notebook 03).
+def output_head_names(model: nn.Module) -> set[str]:
+    """Module names of the output head: ``get_output_embeddings()``, a module called ``lm_head``, or a Linear
+    sharing an embedding's weight (tied). :func:`quantize_model` leaves these float unless ``lm_head`` says otherwise."""
+    named = dict(model.named_modules())
+    heads = {n for n in named if n.rsplit(".", 1)[-1] == "lm_head"}
+    get = getattr(model, "get_output_embeddings", None)
+    out = get() if callable(get) else None  # transformers' models name their head this way
+    heads |= {n for n, m in named.items() if out is not None and m is out}
+    embeddings = {id(m.weight) for m in named.values() if isinstance(m, nn.Embedding)}
+    heads |= {n for n, m in named.items() if isinstance(m, nn.Linear) and id(m.weight) in embeddings}
+    return heads
 
-    ``kernel``: 'reference' (the seed's dequantise-then-matmul) or 'fast' (course_lib.llm.kernels);
-    ``lm_head=True`` also quantizes the (tied) LM head with the same format, ``lm_head=8`` with int8 per-row
-    (int4 costs the head much more perplexity than int8); the embedding table keeps the float weight.
-    """
+
+def _linear_slots(model: nn.Module) -> dict[str, tuple[nn.Linear, list]]:
+    """{name: (linear, [(parent, attribute), ...])} for every nn.Linear; a module shared by two parents has two slots."""
+    slots: dict[str, tuple[nn.Linear, list]] = {}
+    first: dict[int, str] = {}
+    for pname, parent in model.named_modules(remove_duplicate=False):
+        for attr, child in parent._modules.items():  # not named_children(): it hides a child's second slot
+            if isinstance(child, nn.Linear):
+                name = first.setdefault(id(child), f"{pname}.{attr}" if pname else attr)
+                where = slots.setdefault(name, (child, []))[1]
+                if not any(p is parent and a == attr for p, a in where):
+                    where.append((parent, attr))
+    return slots
+
+
+def select_linears(model: nn.Module, include=None, exclude=None) -> list[str]:
+    """Names of the nn.Linear modules :func:`quantize_model` replaces (same filters; the output head never)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch nn.Module, got {type(model).__name__}")
+    if isinstance(model, nn.Linear):
+        raise TypeError("model is a single nn.Linear, which cannot be replaced in place: "
+                        "use QLinear.from_linear(layer, bits) instead")
+    inc, exc = _patterns(include, "include"), _patterns(exclude, "exclude")
+    names, heads = list(_linear_slots(model)), output_head_names(model)
+    for what, pats in (("include", inc), ("exclude", exc)):
+        for p in pats:  # a pattern that matches nothing is a typo: say so instead of quantizing something else
+            hits = [n for n in names if fnmatch.fnmatchcase(n, p)]
+            if not hits:
+                shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "") if names else "none"
+                raise ValueError(f"{what} pattern {p!r} matches no nn.Linear (globs over module names; "
+                                 f"this model's linears: {shown})")
+            if what == "include" and set(hits) <= heads:
+                raise ValueError(f"include pattern {p!r} matches only the output head {sorted(hits)}: "
+                                 "quantize the head with lm_head=True (same format) or lm_head=8")
+    return [n for n in names if n not in heads and (not inc or _matches(n, inc)) and not _matches(n, exc)]
+
+
+def _head_format(lm_head, bits: int, group_size):
+    """(bits, group_size) of the output head, or None to keep it float."""
+    if lm_head is False or lm_head is None:
+        return None
+    if lm_head is True:
+        return bits, group_size
+    if isinstance(lm_head, bool) or lm_head not in SUPPORTED_BITS:
+        raise ValueError(f"lm_head must be False (keep it float), True (same format as the other layers), "
+                         f"8 or 4 (that many bits, per row), got {lm_head!r}")
+    return int(lm_head), None
+
+
+def _check_layer(name: str, linear: nn.Linear, bits: int, group_size, kernel: str, kernels) -> None:
+    """Every check QLinear(...).set_kernel(kernel) would make for this layer, named after it."""
+    try:
+        in_f = linear.in_features
+        if kernel == "fast":
+            kernels.check_fast_config(bits, group_size, in_f)  # names the formats the fast kernel supports
+        _check_group_size(group_size, in_f)
+        if bits == 4 and in_f % 8:
+            raise ValueError(f"int4 packs 8 values per int32: in_features must be a multiple of 8, got {in_f}")
+        _check_weight(linear.weight)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{name}: {e}") from None
+
+
+def _plan(model, bits, group_size, include, exclude, kernel, lm_head) -> dict:
+    """{name: (linear, bits, group_size, slots)} of the layers to replace; raises before anything is changed."""
     from course_lib.llm import kernels
 
     bits = _check_bits(bits)
-    targets = _target_modules(model)
-    kernels.check_kernel(kernel, bits, group_size, model)  # before any change: no half-quantized model
+    chosen = select_linears(model, include, exclude)
+    if kernel not in kernels.KERNELS:
+        raise ValueError(f"kernel must be one of {kernels.KERNELS}, got {kernel!r}")
+    head = _head_format(lm_head, bits, group_size)
     if getattr(model, "quantized_bits", None):
-        raise RuntimeError(
-            f"model is already quantized (int{model.quantized_bits}); quantizing twice would compound the "
-            "error. Load a fresh float model and call quantize() once."
-        )
-    _check_quantizable(targets, group_size)
-    for parent, attr, linear in targets:  # five linears per decoder layer; embeddings and norms stay float
-        setattr(parent, attr, QLinear.from_linear(linear, bits, group_size=group_size).set_kernel(kernel))
-    if lm_head:  # the tied LM head: same format (True) or int8 per row (8)
-        head_bits, head_group = (bits, group_size) if lm_head is True else (_check_bits(lm_head), None)
-        model.lm_head = QLinear.from_linear(model.lm_head, head_bits, group_size=head_group).set_kernel(kernel)
-    model.quantized_bits = bits
+        raise RuntimeError(f"model is already quantized (int{model.quantized_bits}); quantizing twice would compound "
+                           "the error. Load a fresh float model and call quantize() once.")
+    slots = _linear_slots(model)
+    plan = {name: (slots[name][0], bits, group_size, slots[name][1]) for name in chosen}
+    if head is not None:
+        heads = [n for n in slots if n in output_head_names(model)]
+        if not heads:
+            raise ValueError("lm_head was asked for, but the model has no nn.Linear output head (get_output_embeddings(), "
+                             "lm_head, or a Linear tied to an embedding)")
+        plan.update({n: (slots[n][0], *head, slots[n][1]) for n in heads})
+    if not plan:
+        what = "left to quantize" if any(isinstance(m, QLinear) for m in model.modules()) else "to quantize"
+        raise ValueError(f"no nn.Linear {what} in {type(model).__name__} (the output head is kept unless lm_head=...)")
+    for name, (linear, b, g, _) in plan.items():
+        _check_layer(name, linear, b, g, kernel, kernels)
+    return plan
+
+
+@torch.no_grad()
+def quantize_model(model, bits: int, group_size: int | None = None, *, include=None, exclude=None,
+                   kernel: str = "reference", lm_head=False):
+    """Replace a model's nn.Linear layers by QLinear(bits, group_size) in place; returns the model (notebook 03).
+
+    Works on any torch model (Baichuan's ``W_pack`` layout, a transformers LLaMA, your own MLP). Default: every
+    nn.Linear except the output head (``get_output_embeddings()`` / ``lm_head`` / a Linear tied to an embedding),
+    so on a BaichuanForCausalLM exactly W_pack, o_proj, gate/up/down_proj. ``include`` / ``exclude``: a glob
+    pattern or a list of them (``fnmatch``, as optimum-quanto's filters) over the names of ``model.named_modules()``,
+    e.g. ``include="*.mlp.*"``, ``exclude=["*.o_proj", "model.layers.0.*"]``; a pattern matching nothing is an error.
+    ``kernel``: 'reference' (dequantise, then matmul: the seed's) or 'fast' (course_lib.llm.kernels).
+    ``lm_head=True`` also quantizes the head in the same format, ``lm_head=8`` (or 4) in that many bits per row;
+    embedding tables stay float. Every argument and layer is checked, and every QLinear built, before the first
+    layer is swapped in: a call that raises leaves the model as it was.
+    """
+    plan = _plan(model, bits, group_size, include, exclude, kernel, lm_head)
+    new = {name: QLinear.from_linear(linear, b, group_size=g).set_kernel(kernel)
+           for name, (linear, b, g, _) in plan.items()}
+    for name, (_, _, _, slots) in plan.items():  # all built: now swap them in
+        for parent, attr in slots:
+            setattr(parent, attr, new[name])
+    model.quantized_bits = int(bits)
     model.quantized_group_size = group_size
     return model
 
 
 def linear_weight_bytes(model, fp_bytes: int = 2) -> int:
-    """Bytes of the quantizable linears: QLinear's real storage, or numel × fp_bytes for float layers (fp16 = 2)."""
+    """Bytes of the linears but the output head: QLinear's real storage, or numel × fp_bytes for float ones (fp16 = 2)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch nn.Module, got {type(model).__name__}")
+    heads = output_head_names(model)
     total = 0
-    for _, _, mod in _target_modules(model):
+    for name, mod in model.named_modules():
+        if name in heads:
+            continue
         if isinstance(mod, QLinear):
             total += mod.nbytes()
-        else:
+        elif isinstance(mod, nn.Linear):
             total += sum(p.numel() for p in mod.parameters()) * fp_bytes
     return total

@@ -10,12 +10,14 @@ never imported: importing it pulls ``llama_cpp``. We only need the folder that h
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from course_lib import hw, paths
@@ -29,6 +31,31 @@ CACHE_NAME = "smollm2"
 
 class ModelFilesMissing(FileNotFoundError):
     """The SmolLM2 weights are not on disk; the message says how to install them (notebook 03)."""
+
+
+@contextlib.contextmanager
+def _progress_bars(show: bool):
+    """transformers' (and huggingface_hub's) progress bars off for one block when ``show`` is False; restored after.
+
+    ``verbose=False`` promises a silent load, and transformers draws a "Loading weights" bar on stderr even from a
+    local folder. Call inside :func:`_quiet_loading` (transformers imported).
+    """
+    from huggingface_hub import utils as hub
+    from transformers.utils import logging as tlog
+
+    if show or not tlog.is_progress_bar_enabled():
+        yield
+        return
+    hub_was_off = hub.are_progress_bars_disabled()
+    tlog.disable_progress_bar()  # transformers' bars and the hub's
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():  # the hub warns when re-enabling bars its environment variable disabled
+            warnings.simplefilter("ignore")
+            tlog.enable_progress_bar()
+        if hub_was_off:
+            hub.disable_progress_bars()
 
 
 def gguf_path() -> Path:
@@ -75,7 +102,7 @@ def ensure_cached(verbose: bool = True) -> Path:
     t0 = time.perf_counter()
     if verbose:
         print(f"first run: dequantising {src.name} ({src.stat().st_size / 2**20:.0f} MiB) into {folder} ...")
-    with _quiet_loading():
+    with _quiet_loading(), _progress_bars(verbose):
         tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
         model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
     # The GGUF loader marks the model as "quantized"; save_pretrained refuses/writes junk unless we
@@ -107,8 +134,9 @@ def load_smollm2(dtype=None, verbose: bool = True):
     folder = ensure_cached(verbose=verbose)
     with _quiet_loading():
         transformers = hw.require("transformers", "llm", what="loading SmolLM2")
-        tok = transformers.AutoTokenizer.from_pretrained(str(folder))
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32)
+        with _progress_bars(verbose):  # verbose=False: no "Loading weights" bar either
+            tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32)
     model.eval()
     return model, tok
 
