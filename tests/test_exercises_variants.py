@@ -997,3 +997,116 @@ if __name__ == "__main__":  # the per-exercise counts for the issue
             print(f"{id}: skipped ({type(e).__name__})")
             continue
         print(f"{id}: {sum(v.fails is None for v in vs)} right, {sum(v.fails is not None for v in vs)} wrong")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Mutations of each reference solution: whatever the mistake, a mutated reference must never pass
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _bump(out):
+    """The reference's output, off by one (numbers, tensors, arrays, and the first tensor of a pair)."""
+    if isinstance(out, tuple):
+        return (_bump(out[0]),) + out[1:]
+    if isinstance(out, list) and out and isinstance(out[0], torch.Tensor):
+        return [out[0] + 1] + out[1:]
+    if isinstance(out, list):
+        return out + [out[-1]] if out else [(0, 0, 0)]
+    if isinstance(out, str):
+        return out.replace("1", "2").replace("0", "1")
+    return out + 1
+
+
+def _touch(x):
+    """Modify an argument in place the way a careless implementation would."""
+    if isinstance(x, list):
+        x.append(x[0])
+    elif isinstance(x, torch.Tensor):
+        x.add_(1)
+    elif isinstance(x, np.ndarray):
+        x += 1
+
+
+def _mutations(ref):
+    def off_by_one(*a):
+        return _bump(ref(*a))
+
+    def swapped(a, b, *rest):
+        return ref(b, a, *rest)
+
+    def no_op(*a):
+        return a[0]
+
+    def in_place(*a):
+        out = ref(*[x.clone() if isinstance(x, torch.Tensor) else x.copy() if hasattr(x, "copy") else x for x in a])
+        _touch(a[0])
+        return out
+
+    def raises(*a):
+        raise ValueError("boom")
+
+    memo = {}
+
+    def constant(*a):  # the answer to the first input, whatever the input
+        if "out" not in memo:
+            memo["out"] = ref(*a)
+        return memo["out"]
+
+    return {"off by one": off_by_one, "swapped arguments": swapped, "no-op": no_op, "in place": in_place,
+            "raises": raises, "constant": constant}
+
+
+def _references():
+    out = {
+        "00.p90": solved("00_environment.py", "00.p90")["p90"],
+        "01.decode_spans": solved("01_torchscript_triton.py", "01.decode_spans")["decode_token_spans"],
+        "02.colwise_linear": solved("02_parallel_inference.py", "02.colwise_linear")["column_parallel_linear"],
+        "02.gpipe_schedule": solved("02_parallel_inference.py", "02.gpipe_schedule")["gpipe_schedule"],
+        "03.pack_int4": solved("03_llm_quantization.py", "03.pack_int4")["pack_int4"],
+        "03.unpack_int4": solved("03_llm_quantization.py", "03.unpack_int4")["unpack_int4"],
+        "03.group_scales": solved("03_llm_quantization.py", "03.group_scales")["group_scales"],
+        "05.fold_bn": solved("05_yolov7_ptq.py", "05.fold_bn")["fold_bn"],
+    }
+    try:
+        import tritonclient.grpc.model_config_pb2  # noqa: F401
+
+        out["01.batching_stanza"] = solved("01_torchscript_triton.py", "01.batching_stanza")["dynamic_batching_stanza"]
+    except ImportError:
+        pass
+    try:
+        import pytorch_quantization  # noqa: F401
+
+        out["05.percentile_amax"] = solved("05_yolov7_ptq.py", "05.percentile_amax")["percentile_amax"]
+    except ImportError:
+        pass
+    return out
+
+
+MUTATION_IDS = ["00.p90", "01.decode_spans", "01.batching_stanza", "02.colwise_linear", "02.gpipe_schedule",
+                "03.pack_int4", "03.unpack_int4", "03.group_scales", "05.fold_bn", "05.percentile_amax"]
+
+
+@pytest.mark.parametrize("id", MUTATION_IDS)
+def test_every_mutation_of_the_reference_is_rejected(id):
+    refs = _references()
+    if id not in refs:
+        pytest.skip(f"{id}: optional extra not installed")
+    ref = refs[id]
+    exercises.lookup(id).fn(ref)  # the reference itself passes
+    accepted = []
+    for name, mutant in _mutations(ref).items():
+        if id in ("02.gpipe_schedule", "01.batching_stanza") and name == "in place":
+            continue  # ints and a tuple: nothing to modify
+        try:
+            exercises.lookup(id).fn(mutant)
+        except ExerciseFailed as e:
+            assert str(e), f"{id} {name}: empty message"
+            if name == "in place":
+                assert "in place" in str(e) or "changed its input" in str(e), f"{id} {name}: {e}"
+            if name == "raises":
+                assert "raised ValueError: boom" in str(e), f"{id} {name}: {e}"
+        except NotAttempted:
+            accepted.append(f"{name} (reported as not attempted)")
+        else:
+            accepted.append(name)
+    assert not accepted, f"{id}: these mutations of the reference passed the check: {accepted}"

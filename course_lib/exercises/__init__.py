@@ -7,8 +7,12 @@ Each exercise is two cells in a notebook:
 * a **check** cell that calls :func:`check` with the learner's answer, e.g.
   ``exercises.check("03.pack_int4", pack_int4)``.
 
-A check passes only on a right answer. It tries several inputs (edge cases too) and names the
-typical mistake when it sees one. A blank starter prints "not attempted yet" and does not fail, so
+A check passes only on a right answer and on every right answer. It tries several inputs chosen to tell right
+from the typical wrong answers (edge cases too), reads behaviour rather than text, compares with tolerances that match
+the arithmetic (a float32 answer passes a float64 reference), takes numbers through :func:`as_number` / :func:`as_int`
+(numpy and torch scalars and ``32.0`` are accepted, ``2.9`` where an integer is asked is not), prints numbers with
+enough digits to show a difference (:func:`fmt_pair`), and names the typical mistake when it sees one.
+``tests/test_exercises_variants.py`` holds, per exercise, right answers written differently and the wrong ones. A blank starter prints "not attempted yet" and does not fail, so
 instructors regenerating the outputs get a green run; a wrong answer raises :class:`ExerciseFailed`.
 Solutions live outside the notebooks, in ``solutions/NN_name.py``; ``course run --with-solutions``
 fills them in (see :func:`inject_solutions`). ``course exercises`` lists every exercise.

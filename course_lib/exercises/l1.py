@@ -192,8 +192,9 @@ def check_queue_delay(delay_us, measured=None):
         small = (f" — the measured extra wait came out a little below your delay ({delay / 1000:g} ms): the batcher's "
                  "clock starts when the request reaches its queue and the lone request's own run overlaps part of "
                  "it, so give the delay some margin (e.g. 15–20 ms)")
+    shown = exercises.fmt_pair(extra, EXTRA_WAIT_MS)[0]
     exercises.expect(extra >= EXTRA_WAIT_MS,
-                     f"with {delay:g} µs a lone client waited {extra:+.1f} ms (median {on:.1f} vs {off:.1f} ms "
+                     f"with {delay:g} µs a lone client waited {shown} ms longer (median {on:.2f} vs {off:.2f} ms "
                      f"without the batcher); it needs ≥ {EXTRA_WAIT_MS:g} ms{small}. With one client there is never a "
                      "second request to merge, so the batcher waits the whole delay every time")
     print(f"measured: a lone client waited {extra:+.1f} ms longer with max_queue_delay_microseconds = {delay:g} "
