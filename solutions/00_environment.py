@@ -18,5 +18,8 @@ my_peak_gflops = peak.cores * (peak.simd_bits // 32) * max(peak.fma_units, 1) * 
 my_matmul_ms = 2 * big_n**3 / (gflops * 1e9) * 1e3
 
 # %% [00.sample_count]
-# Exercise 00.sample_count (explore): read the `samples` column of the sampler's summary
-my_sample_count = sampler.summary()[sampled_device].samples
+# Exercise 00.sample_count (explore): sample again at an interval of your choice, then read the `samples` count
+my_interval = 0.05 if sample_interval != 0.05 else 0.5
+with hw.UtilizationSampler(interval=my_interval) as my_sampler:
+    time.sleep(sample_seconds)
+my_sample_count = my_sampler.summary()[sampled_device].samples

@@ -18,9 +18,18 @@ def gpipe_schedule(num_stages, num_microbatches):
 
 # %% [02.pipeline_qps]
 # Exercise 02.pipeline_qps (predict): sequences/s of ONE batch through the pipeline with m micro-batches
-one_batch_s = sum(stage_ms) / 1e3 / m_pred + (m_pred - 1) * max(stage_ms) / 1e3 / m_pred
-my_pipeline_qps = batch / one_batch_s
+def predict_pipeline_qps(stage_ms, batch, m):
+    one_batch_s = sum(stage_ms) / 1e3 / m + (m - 1) * max(stage_ms) / 1e3 / m   # first trip + the rest, slowest pace
+    return batch / one_batch_s
 
 # %% [02.best_microbatches]
-# Exercise 02.best_microbatches (explore): the micro-batch count with the highest QPS in your run
+# Exercise 02.best_microbatches (explore): sweep one more micro-batch count, then read the best m off your table
+sweep_m = sorted(set(pipeline_microbatches) | {next(m for m in range(2, batch + 1) if m not in pipeline_microbatches)})
+new_m = [m for m in sweep_m if m not in pipeline_microbatches]
+sres = launch([Run("pipeline", microbatches=m) for m in new_m], world_size=world_size, model=model_preset, batch=batch,
+              seq_len=seq_len, warmup=warmup, repeat=repeat, qps_batches=qps_batches, qps_rounds=qps_rounds,
+              threads=threads, timeout_s=launch_timeout_s, collective_timeout_s=collective_timeout_s)
+sweep = pd.concat([hand.reset_index()[["microbatches", "qps", "qps_p10", "qps_p90"]],
+                   sres.frame[["microbatches", "qps", "qps_p10", "qps_p90"]]], ignore_index=True)
+display(sweep)
 my_best_m = int(sweep.loc[sweep["qps"].idxmax(), "microbatches"])

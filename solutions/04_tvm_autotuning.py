@@ -23,24 +23,28 @@ class GreedyTuner(tuners.Tuner):
     eps = 0.2
 
     def next_batch(self, batch_size):
-        out = []
-        best = self.best
-        if best is not None:
-            genes = self.space.genes(best.index)
-            neighbours = []
+        neighbours = []
+        if self.best is not None:
+            genes = self.space.genes(self.best.index)
             for d, dim in enumerate(self.space.dims):      # every config with one knob changed
                 for v in range(dim):
                     if v != genes[d]:
                         g = list(genes)
                         g[d] = v
-                        neighbours.append(self.space.index(g))
+                        i = self.space.index(g)
+                        if i not in self.visited:
+                            neighbours.append(i)
             self.rng.shuffle(neighbours)
-            for i in neighbours:
-                if len(out) == batch_size:
-                    break
-                if i not in self.visited and i not in out and self.rng.random() >= self.eps:
-                    out.append(i)
-        out += self._random_unvisited(batch_size - len(out), set(out))   # exploration / top-up
+        out = []
+        while len(out) < batch_size:
+            explore = not neighbours or self.rng.random() < self.eps   # each slot: random with probability eps
+            pick = self._random_unvisited(1, set(out)) if explore else [neighbours.pop()]
+            if not pick and neighbours:
+                pick = [neighbours.pop()]
+            if not pick:
+                break                                              # the whole space is measured
+            if pick[0] not in out:
+                out.append(pick[0])
         return out
 
 # %% [04.budget]

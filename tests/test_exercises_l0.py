@@ -89,17 +89,24 @@ def test_matmul_ms_solution_blank_and_typical_mistakes():
 
 
 def test_sample_count_solution_blank_and_typical_mistakes():
-    with hw.UtilizationSampler(interval=0.05) as sampler:
-        time.sleep(0.3)
-    ns = solved("00.sample_count", sampler=sampler, sampled_device="cpu:process")
+    # the solution runs its own sampler at another interval than the demo's (0.2 s here) for sample_seconds
+    ns = solved("00.sample_count", hw=hw, time=time, sample_interval=0.2, sample_seconds=0.3,
+                sampled_device="cpu:process")
+    sampler = ns["my_sampler"]
+    assert sampler.interval == 0.05
     n = sampler.summary()["cpu:process"].samples
     assert ns["my_sample_count"] == n
-    run("00.sample_count", n, sampler, "cpu:process", 0.3)
+    kw = dict(lesson_interval=0.2)
+    run("00.sample_count", n, sampler, "cpu:process", 0.3, **kw)
     with pytest.raises(NotAttempted):
-        run("00.sample_count", None, sampler, "cpu:process", 0.3)
+        run("00.sample_count", None, sampler, "cpu:process", 0.3, **kw)
+    with pytest.raises(NotAttempted):
+        run("00.sample_count", n, None, "cpu:process", 0.3, **kw)
     with pytest.raises(ExerciseFailed, match="adds up every device"):
-        run("00.sample_count", 2 * n, sampler, "cpu:process", 0.3)
-    with pytest.raises(ExerciseFailed, match="sample_seconds / sample_interval"):
-        run("00.sample_count", n + 1, sampler, "cpu:process", (n + 1) * 0.05)
+        run("00.sample_count", 2 * n, sampler, "cpu:process", 0.3, **kw)
+    with pytest.raises(ExerciseFailed, match="sample_seconds / interval"):
+        run("00.sample_count", n + 1, sampler, "cpu:process", (n + 1) * 0.05, **kw)
     with pytest.raises(ExerciseFailed, match="no 'cuda:3' samples"):
-        run("00.sample_count", n, sampler, "cuda:3", 0.3)
+        run("00.sample_count", n, sampler, "cuda:3", 0.3, **kw)
+    with pytest.raises(ExerciseFailed, match="demo's own interval"):
+        run("00.sample_count", n, sampler, "cpu:process", 0.3, lesson_interval=0.05)

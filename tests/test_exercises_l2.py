@@ -12,8 +12,15 @@ from course_lib.paths import solutions_dir
 
 
 def _solutions() -> dict:
-    ns = {"torch": torch, "m_pred": 4, "stage_ms": [30.0, 50.0], "batch": 8,
-          "sweep": pd.DataFrame({"microbatches": [1, 2, 4], "qps": [50.0, 61.0, 55.0]})}
+    from types import SimpleNamespace
+
+    extra = pd.DataFrame({"microbatches": [3], "qps": [58.0], "qps_p10": [56.0], "qps_p90": [60.0]})
+    ns = {"torch": torch, "pd": pd, "m_pred": 4, "stage_ms": [30.0, 50.0], "batch": 8, "pipeline_microbatches": [1, 2, 4],
+          "hand": pd.DataFrame({"microbatches": [1, 2, 4], "qps": [50.0, 61.0, 55.0], "qps_p10": [49.0, 60.0, 54.0],
+                                "qps_p90": [51.0, 62.0, 56.0]}).set_index("microbatches"),
+          "launch": lambda runs, **kw: SimpleNamespace(frame=extra), "Run": lambda *a, **k: None, "display": print,
+          **{k: 1 for k in ("world_size", "model_preset", "seq_len", "warmup", "repeat", "qps_batches", "qps_rounds",
+                            "threads", "launch_timeout_s", "collective_timeout_s")}}
     for src in exercises.load_solutions(solutions_dir() / "02_parallel_inference.py").values():
         exec(src, ns)
     return ns
@@ -41,8 +48,9 @@ def test_solutions_pass():
     ns = _solutions()
     _check("02.colwise_linear", ns["column_parallel_linear"])
     _check("02.gpipe_schedule", ns["gpipe_schedule"])
-    _check("02.pipeline_qps", ns["my_pipeline_qps"], **QPS_KW)
-    _check("02.best_microbatches", ns["my_best_m"], measured=SWEEP)
+    _check("02.pipeline_qps", ns["predict_pipeline_qps"], **QPS_KW)
+    assert sorted(ns["sweep"]["microbatches"]) == [1, 2, 3, 4]  # the solution measured one more m
+    _check("02.best_microbatches", ns["my_best_m"], measured=ns["sweep"], lesson=[1, 2, 4])
     assert ns["my_best_m"] == 2
 
 
@@ -99,19 +107,22 @@ def test_gpipe_sequential_and_dependency_mistakes_are_named():
 
 
 def test_pipeline_qps_typical_wrong_predictions_are_named():
-    ts = [0.030, 0.050]
     with pytest.raises(ExerciseFailed, match="no overlap"):
-        _check("02.pipeline_qps", 8 / sum(ts), **QPS_KW)
+        _check("02.pipeline_qps", lambda t, b, m: b / (sum(t) / 1e3), **QPS_KW)
     with pytest.raises(ExerciseFailed, match="back to back"):
-        _check("02.pipeline_qps", 8 / max(ts), **QPS_KW)
-    with pytest.raises(ExerciseFailed, match="measured"):
-        _check("02.pipeline_qps", 1.0, **QPS_KW)
+        _check("02.pipeline_qps", lambda t, b, m: b / (max(t) / 1e3), **QPS_KW)
+    with pytest.raises(ExerciseFailed, match="GPipe gives"):
+        _check("02.pipeline_qps", lambda t, b, m: 1.0, **QPS_KW)
     with pytest.raises(ExerciseFailed, match="expected a number"):
-        _check("02.pipeline_qps", "fast", **QPS_KW)
+        _check("02.pipeline_qps", lambda t, b, m: "fast", **QPS_KW)
+    with pytest.raises(ExerciseFailed, match="as a function"):
+        _check("02.pipeline_qps", 100.0, **QPS_KW)
 
 
 def test_best_microbatches_wrong_and_unswept_answers():
-    with pytest.raises(ExerciseFailed, match="m=2 reached 61.0"):
+    with pytest.raises(ExerciseFailed, match="m=2 reached 61: read"):
         _check("02.best_microbatches", 4, measured=SWEEP)
     with pytest.raises(ExerciseFailed, match="not part of your sweep"):
         _check("02.best_microbatches", 8, measured=SWEEP)
+    with pytest.raises(ExerciseFailed, match="lesson's own"):
+        _check("02.best_microbatches", 2, measured=SWEEP, lesson=[4, 2, 1])

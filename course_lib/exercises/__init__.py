@@ -7,8 +7,12 @@ Each exercise is two cells in a notebook:
 * a **check** cell that calls :func:`check` with the learner's answer, e.g.
   ``exercises.check("03.pack_int4", pack_int4)``.
 
-A check passes only on a right answer. It tries several inputs (edge cases too) and names the
-typical mistake when it sees one. A blank starter prints "not attempted yet" and does not fail, so
+A check passes only on a right answer and on every right answer. It tries several inputs chosen to tell right
+from the typical wrong answers (edge cases too), reads behaviour rather than text, compares with tolerances that match
+the arithmetic (a float32 answer passes a float64 reference), takes numbers through :func:`as_number` / :func:`as_int`
+(numpy and torch scalars and ``32.0`` are accepted, ``2.9`` where an integer is asked is not), prints numbers with
+enough digits to show a difference (:func:`fmt_pair`), and names the typical mistake when it sees one.
+``tests/test_exercises_variants.py`` holds, per exercise, right answers written differently and the wrong ones. A blank starter prints "not attempted yet" and does not fail, so
 instructors regenerating the outputs get a green run; a wrong answer raises :class:`ExerciseFailed`.
 Solutions live outside the notebooks, in ``solutions/NN_name.py``; ``course run --with-solutions``
 fills them in (see :func:`inject_solutions`). ``course exercises`` lists every exercise.
@@ -137,17 +141,81 @@ def call(fn: Callable, *args, **kwargs):
         raise ExerciseFailed(f"your function raised {type(e).__name__}: {e}") from None
 
 
-def within(value, target: float, rel: float, what: str, unit: str = "") -> None:
-    """Accept a predicted number within ``rel`` (relative) of ``target``; the message shows both."""
+def _scalar(value):
+    """A Python number from ``value``: ints, floats, numpy scalars, 0-d / one-element arrays and tensors; else raise."""
+    import numbers
+
+    if isinstance(value, bool):
+        raise TypeError("a bool is not a number here")
+    if isinstance(value, numbers.Real) and not hasattr(value, "dtype"):
+        return value
+    import numpy as np
+
+    arr = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)
+    if arr.size != 1 or arr.dtype.kind not in "iuf":
+        raise TypeError(f"one number expected, got {arr.size} values of kind {arr.dtype.kind!r}")
+    return arr.reshape(()).item()
+
+
+def as_number(value, what: str) -> float:
+    """``value`` as a float (numpy/torch scalars accepted); a non-number fails with a message naming ``what``."""
     answered(value)
     try:
-        v = float(value)
-    except (TypeError, ValueError):
+        v = float(_scalar(value))
+    except (TypeError, ValueError, OverflowError):
         raise ExerciseFailed(f"{what}: expected a number, got {value!r}") from None
+    if v != v:
+        raise ExerciseFailed(f"{what}: got NaN")
+    return v
+
+
+def as_int(value, what: str) -> int:
+    """``value`` as an int: ``32``, ``32.0``, ``np.int64(32)`` and a one-element tensor are accepted; ``2.9`` fails with
+    "an integer, got 2.9" (never silently truncated)."""
+    answered(value)
+    try:
+        raw = _scalar(value)
+    except (TypeError, ValueError):
+        raw = None
+    if isinstance(raw, int):
+        return raw
+    v = as_number(value, what)
+    if v in (float("inf"), float("-inf")) or v != int(v):
+        raise ExerciseFailed(f"{what}: an integer, got {fmt(v)}")
+    return int(v)
+
+
+def fmt(x: float, ref: float | None = None) -> str:
+    """``x`` with enough significant digits to tell it from ``ref`` (never "gave 1.9, expected 1.9")."""
+    x = float(x)
+    if ref is None or x == ref:
+        return f"{x:.6g}"
+    for digits in range(4, 18):
+        a, b = f"{x:.{digits}g}", f"{float(ref):.{digits}g}"
+        if a != b:
+            return a
+    return repr(x)
+
+
+def fmt_pair(got: float, want: float) -> tuple[str, str]:
+    """``got`` and ``want`` printed with the same number of digits, enough to show that they differ."""
+    got, want = float(got), float(want)
+    for digits in range(4, 18):
+        a, b = f"{got:.{digits}g}", f"{want:.{digits}g}"
+        if a != b or got == want:
+            return a, b
+    return repr(got), repr(want)
+
+
+def within(value, target: float, rel: float, what: str, unit: str = "") -> None:
+    """Accept a predicted number within ``rel`` (relative) of ``target``; the message shows both."""
+    v = as_number(value, what)
     u = f" {unit}" if unit else ""
+    a, b = fmt_pair(v, target)
+    band = f"±{rel:.0%}" if rel >= 0.01 else f"±{rel:.2g} relative"
     expect(
         abs(v - target) <= rel * abs(target),
-        f"{what}: you predicted {v:.4g}{u}, this run measured {target:.4g}{u} (accepted band ±{rel:.0%})",
+        f"{what}: you predicted {a}{u}, this run measured {b}{u} (accepted band {band})",
     )
 
 

@@ -32,40 +32,50 @@ def _len_not_len_minus_one(xs, q=90):
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
+_P90_MISTAKES = [
+    (_nearest_rank, "that is the nearest-rank value; interpolate between the two neighbouring order statistics"),
+    (_unsorted_interp, "that interpolates in the unsorted list: sort the values first"),
+    (_len_not_len_minus_one, "the position is (n - 1) · q / 100, not n · q / 100 (the last value has index n - 1)"),
+    (lambda xs: percentile(xs, 10), "that is the p10; the p90 is near the slow end"),
+    (lambda xs: percentile(xs, 50), "that is the median (p50)"),
+    (max, "that is the maximum; the p90 lies below it when the slowest value stands out"),
+    (lambda xs: sum(xs) / len(xs), "that is the mean, not a percentile"),
+]
+
+
 @exercises.register("00.p90", "implement", "The p90 of a list of timings, by linear interpolation")
 def check_p90(fn) -> None:
+    """Several inputs (one value, two, unsorted, ties, a long tail); float32 answers (torch.quantile) are accepted.
+
+    A wrong answer is compared with the typical mistakes on EVERY input, so the hint names the one mistake that
+    explains all of its outputs (on [1, 2] the nearest rank, the maximum and n · q all give 2)."""
+    close = lambda a, b: math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)  # noqa: E731 - float32 is ~1e-7 relative
+    outputs = []
     for xs in P90_CASES:
         given = list(xs)
         got = exercises.call(fn, given)
-        want = percentile(xs, 90)
         exercises.expect(given == xs, f"p90 changed its input list {xs} to {given}: sort a copy (sorted(values))")
         try:
-            got = float(got)
+            outputs.append(float(exercises._scalar(got)))
         except (TypeError, ValueError):
-            raise exercises.ExerciseFailed(f"p90({xs}) returned {got!r}, expected a number") from None
-        if math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12):
-            continue
-        hint = ""
-        if math.isclose(got, _nearest_rank(xs)):
-            hint = " — that is the nearest-rank value; interpolate between the two neighbouring order statistics"
-        elif math.isclose(got, _unsorted_interp(xs)):
-            hint = " — that interpolates in the unsorted list: sort the values first"
-        elif math.isclose(got, _len_not_len_minus_one(xs)):
-            hint = " — the position is (n - 1) · q / 100, not n · q / 100 (the last value has index n - 1)"
-        elif math.isclose(got, percentile(xs, 10)):
-            hint = " — that is the p10; the p90 is near the slow end"
-        raise exercises.ExerciseFailed(f"p90({xs}) gave {got:.6g}, expected {want:.6g}{hint}")
+            raise exercises.ExerciseFailed(f"p90({xs}) returned {str(got)[:60]}, expected one number") from None
+    wrong = [(xs, got) for xs, got in zip(P90_CASES, outputs) if not close(got, percentile(xs, 90))]
+    if not wrong:
+        return
+    hint = next((f" — {why}" for mistake, why in _P90_MISTAKES
+                 if all(close(got, mistake(xs)) for xs, got in zip(P90_CASES, outputs))), "")
+    xs, got = wrong[0]
+    a, b = exercises.fmt_pair(got, percentile(xs, 90))
+    raise exercises.ExerciseFailed(f"p90({xs}) gave {a}, expected {b}{hint}")
 
 
 @exercises.register("00.peak_gflops", "predict", "This CPU's fp32 peak GFLOP/s from cores × lanes × FMA × clock")
 def check_peak(prediction, estimate, logical_cpus: int | None = None) -> None:
     """``estimate`` is the lesson's :class:`course_lib.tuning.common.PeakEstimate` for this machine."""
-    exercises.answered(prediction)
     want = estimate.gflops
-    try:
-        got = float(prediction)
-    except (TypeError, ValueError):
-        raise exercises.ExerciseFailed(f"expected a number of GFLOP/s, got {prediction!r}") from None
+    got = exercises.as_number(prediction, "your peak (GFLOP/s)")
+    # ±2 %: the formula is exact arithmetic on the printed numbers; 2 % only absorbs the clock printed to 2 decimals
+    # (2.45 vs 2.449 GHz) — a wrong factor (½, ¼, 2×, hyper-threads) is at least 50 % off, far outside it
     if abs(got - want) <= 0.02 * want:
         return
     ratio = got / want if want else float("inf")
@@ -81,20 +91,22 @@ def check_peak(prediction, estimate, logical_cpus: int | None = None) -> None:
         hint = " — that counts logical CPUs (hyper-threads); two threads of one core share its FMA units"
     elif math.isclose(ratio, 1000, rel_tol=0.03):
         hint = " — the clock is in GHz, so cores × lanes × FLOPs × GHz is already in GFLOP/s"
+    elif math.isclose(ratio, 1e9, rel_tol=0.03):
+        hint = " — that is in FLOP/s; the question asks for GFLOP/s (divide by 10⁹)"
+    elif math.isclose(ratio, 2, rel_tol=0.03):
+        hint = " — twice too much: 2 FLOPs per FMA and the FMA units counted once each (or 2 FMA units counted twice?)"
     raise exercises.ExerciseFailed(
-        f"you predicted {got:.4g} GFLOP/s; {estimate.formula() if hasattr(estimate, 'formula') else want} "
+        f"you predicted {exercises.fmt_pair(got, want)[0]} GFLOP/s; "
+        f"{estimate.formula() if hasattr(estimate, 'formula') else exercises.fmt_pair(got, want)[1]} "
         f"(accepted ±2%){hint}")
 
 
 @exercises.register("00.matmul_ms", "predict", "The time of a bigger matmul from this run's GFLOP/s")
 def check_matmul_ms(prediction, n: int, gflops: float) -> None:
     """``n``: the size of the n×n·n×n matmul to predict; ``gflops``: the rate this run measured."""
-    exercises.answered(prediction)
     want = 2 * n**3 / (gflops * 1e9) * 1e3
-    try:
-        got = float(prediction)
-    except (TypeError, ValueError):
-        raise exercises.ExerciseFailed(f"expected a number of milliseconds, got {prediction!r}") from None
+    got = exercises.as_number(prediction, "your time (ms)")
+    # ±2 %: the prediction is arithmetic on this run's own rate; 2 % absorbs a rate typed from the printout (one decimal)
     if abs(got - want) <= 0.02 * want:
         return
     ratio = got / want
@@ -107,29 +119,45 @@ def check_matmul_ms(prediction, n: int, gflops: float) -> None:
         hint = " — that scales with n², but a matmul does n³ multiply-adds"
     elif math.isclose(ratio, 1 / 8, rel_tol=0.03):
         hint = f" — that is the time of the {n // 2}³ matmul: doubling n multiplies the work by 8"
+    elif math.isclose(ratio, 1e3, rel_tol=0.03):
+        hint = " — that looks like microseconds; give milliseconds"
+    elif math.isclose(ratio, 2, rel_tol=0.03):
+        hint = " — twice too much: 2·n³ FLOPs already counts the multiply and the add"
+    a, b = exercises.fmt_pair(got, want)
     raise exercises.ExerciseFailed(
-        f"you predicted {got:.4g} ms; 2·{n}³ FLOPs at {gflops:.1f} GFLOP/s take {want:.4g} ms (accepted ±2%){hint}")
+        f"you predicted {a} ms; 2·{n}³ FLOPs at {gflops:.1f} GFLOP/s take {b} ms (accepted ±2%){hint}")
 
 
-@exercises.register("00.sample_count", "explore", "How many samples did the utilisation sampler take?")
-def check_sample_count(answer, sampler, device: str, seconds: float) -> None:
-    """``sampler``: the finished :class:`course_lib.hw.UtilizationSampler`; ``device``: the row asked about."""
-    exercises.answered(answer)
+@exercises.register("00.sample_count", "explore", "Sample at another interval: how many samples did it take?")
+def check_sample_count(answer, sampler, device: str, seconds: float, lesson_interval: float | None = None) -> None:
+    """``sampler``: the learner's own finished :class:`course_lib.hw.UtilizationSampler`, run at an interval they
+    chose (not ``lesson_interval``, the demo's); ``device``: the row asked about; ``seconds``: how long it ran."""
+    exercises.answered(answer, sampler)
+    exercises.expect(hasattr(sampler, "summary") and hasattr(sampler, "interval"),
+                     f"my_sampler must be the hw.UtilizationSampler you ran (with ... as my_sampler), got "
+                     f"{type(sampler).__name__}")
+    if lesson_interval is not None:
+        exercises.expect(not math.isclose(sampler.interval, lesson_interval),
+                         f"your sampler ran at the demo's own interval ({lesson_interval:g} s): the question is what "
+                         "another interval does — set my_interval to e.g. 0.5 or 0.05 and run the cell again")
     stats = sampler.summary()
+    exercises.expect(bool(stats), "your sampler has no samples: run it inside `with ... as my_sampler:` for a while "
+                                  "(time.sleep(sample_seconds)) before reading it")
     exercises.expect(device in stats, f"the sampler has no {device!r} samples (it has {', '.join(stats)})")
     want = stats[device].samples
-    try:
-        got = int(answer)
-    except (TypeError, ValueError):
-        raise exercises.ExerciseFailed(f"expected a whole number of samples, got {answer!r}") from None
+    got = exercises.as_int(answer, "the number of samples")
     if got == want:
+        print(f"your sampler: {want} samples of {device} at {sampler.interval:g} s over ~{seconds:g} s "
+              f"(sample_seconds / interval = {seconds / sampler.interval:.1f})")
         return
     nominal = seconds / sampler.interval
     hint = ""
     if abs(got - nominal) < 1 and got != want:
-        hint = (f" — {got} is sample_seconds / sample_interval, the count on an idle machine; the thread wakes "
-                "every interval *after* the previous sample finished, so a loaded machine takes fewer: read the "
-                "`samples` column")
+        hint = (f" — {got} is sample_seconds / interval, the count on an idle machine; the thread waits one interval "
+                "*after* each sample has finished, so it takes fewer: read the `samples` of my_sampler.summary()")
     elif got == sum(s.samples for s in stats.values()):
         hint = f" — that adds up every device's samples; the question is about {device} alone"
-    raise exercises.ExerciseFailed(f"you answered {got}; the sampler took {want} samples of {device} this run{hint}")
+    elif lesson_interval is not None and abs(got - seconds / lesson_interval) <= max(1.5, 0.1 * seconds / lesson_interval):
+        hint = f" — that is about the demo sampler's count (interval {lesson_interval:g} s); count the samples of yours"
+    raise exercises.ExerciseFailed(f"you answered {got}; your sampler took {want} samples of {device} "
+                                   f"(interval {sampler.interval:g} s){hint}")
