@@ -137,9 +137,15 @@ def test_compare_kernels_runs_every_candidate_against_one_float64_reference():
     import importlib.util
 
     torch_threads = torch.get_num_threads()
+    have_tvm = importlib.util.find_spec("tvm") is not None
+    if have_tvm:
+        from course_lib.llm import tvm_gemv
+
+        pool = tvm_gemv.pool_size()
     df = kernel_bench.compare_kernels(shapes=[(64, 128)], threads=(1,), repeat=2, warmup=1, max_copies=2)
     assert set(df.kernel) == set(kernel_bench.CANDIDATES)
     assert torch.get_num_threads() == torch_threads  # restored
+    assert not have_tvm or tvm_gemv.pool_size() == pool  # TVM's pool too
     notes = dict(zip(df.kernel + " " + df.format, df.note))
     for name in kernel_bench.CANDIDATES:
         rows = df[df.kernel == name]

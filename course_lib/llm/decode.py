@@ -208,7 +208,7 @@ def versus(table, v: str, base: str, lo: str = "p10", hi: str = "p90", faster: s
     """'faster than base' / 'slower than base' only when the p10–p90 spreads of ``v`` and ``base`` in ``table``
     (indexed by variant, higher = better) do not overlap; otherwise 'not separable from base here'."""
     if table.loc[v, lo] > table.loc[base, hi]:
-        return f"{faster} than {base} (the p10–p90 spreads do not overlap)"
+        return f"{faster} than {base}: the p10–p90 spreads do not overlap"
     if table.loc[v, hi] < table.loc[base, lo]:
-        return f"{slower} than {base} (the p10–p90 spreads do not overlap)"
-    return f"not separable from {base} here (the p10–p90 spreads overlap)"
+        return f"{slower} than {base}: the p10–p90 spreads do not overlap"
+    return f"not separable from {base} here: the p10–p90 spreads overlap"
