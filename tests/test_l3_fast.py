@@ -522,3 +522,14 @@ def test_fast_kernel_refuses_a_model_off_the_cpu_with_one_line():
     with pytest.raises(ValueError, match="CPU"):
         quantize_model(model, 8, kernel="fast")
     assert not getattr(model, "quantized_bits", None)  # nothing was replaced
+
+
+def test_versus_states_a_direction_only_when_spreads_separate():
+    import pandas as pd
+
+    from course_lib.llm import decode
+
+    t = pd.DataFrame({"p10": [10.0, 12.0, 9.5], "p90": [11.0, 13.0, 10.5]}, index=["fp32", "fast", "close"])
+    assert decode.versus(t, "fast", "fp32").startswith("faster than fp32")
+    assert decode.versus(t, "fp32", "fast").startswith("slower than fast")
+    assert decode.versus(t, "close", "fp32").startswith("not separable from fp32 here")
