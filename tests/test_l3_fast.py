@@ -522,6 +522,29 @@ def test_fast_kernel_refuses_a_model_off_the_cpu_with_one_line():
     with pytest.raises(ValueError, match="CPU"):
         quantize_model(model, 8, kernel="fast")
     assert not getattr(model, "quantized_bits", None)  # nothing was replaced
+    from course_lib.llm.onnx_decode import GraphDecoder
+
+    with pytest.raises(ValueError, match="CPU"):
+        GraphDecoder(model)
+
+
+def test_decode_benchmark_restores_torch_threads():
+    from types import SimpleNamespace
+
+    from course_lib.llm import decode
+    from course_lib.llm.convert import from_llama, tiny_llama
+
+    model = from_llama(tiny_llama())
+
+    def tok(text, return_tensors="pt"):
+        return SimpleNamespace(input_ids=torch.tensor([[1, 2, 3]]))
+
+    old = torch.get_num_threads()
+    df = decode.decode_benchmark(model, tok, variants=("fp32", "int8 fast"), llama_formats=(), new_tokens=2,
+                                 threads=1, warmup=0, repeat=1, progress=False)
+    assert torch.get_num_threads() == old
+    assert list(df.variant) == ["fp32", "int8 fast"] and df.threads.str.len().gt(0).all()
+    assert "fast layers" in df.set_index("variant").loc["int8 fast", "threads"]
 
 
 def test_versus_states_a_direction_only_when_spreads_separate():
