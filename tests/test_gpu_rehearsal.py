@@ -169,13 +169,9 @@ def test_gpu_check_steps_on_the_device(name, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# Lesson 3 (notebook 03 section 7 in the gpu profile): known failures that helper h2a's branch fixes.
-# Strict xfail: once the fix is merged these pass, pytest reports XPASS as a failure, and the mark goes.
+# Lesson 3 (notebook 03 section 7 in the gpu profile): before the fix, eval.perplexity sent CPU ids to the device
+# model and kernel="fast" called .numpy() on device weights.
 # --------------------------------------------------------------------------------------------
-
-L3_UNTIL_H2A = pytest.mark.xfail(strict=True, raises=(DeviceMismatch, TypeError),
-                                 reason="lesson 3's device bugs (issue 24), fixed on helper h2a's branch: remove at merge")
-
 
 @pytest.fixture
 def tiny_llm():
@@ -185,7 +181,6 @@ def tiny_llm():
                                  intermediate=256)).float().eval()
 
 
-@L3_UNTIL_H2A
 def test_l3_perplexity_of_a_model_on_the_device(tiny_llm):
     """decode.perplexities / eval.perplexity pass CPU token ids: on CUDA, "CPU ids into a CUDA model"."""
     from course_lib.llm import eval as E
@@ -198,7 +193,6 @@ def test_l3_perplexity_of_a_model_on_the_device(tiny_llm):
     assert got == pytest.approx(want, rel=1e-5)
 
 
-@L3_UNTIL_H2A
 def test_l3_fast_kernel_on_a_model_on_the_device(tiny_llm):
     """kernel="fast" reaches to_matmulnbits, which calls .numpy() on the (device) weights.
 

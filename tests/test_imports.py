@@ -16,15 +16,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "course_lib"
 LESSONS = {"deploy": 1, "parallel": 2, "llm": 3, "tuning": 4, "detection": 5, "ptq": 5}  # detection + ptq: lesson 5
 
-# Edges that helper h2a is removing (llm -> tuning, and llm's quant -> kernels -> tvm_gemv -> quant cycle): the rule
-# is asserted for everything else now; this list is emptied when that work is merged.
-KNOWN_UNTIL_H2A: set[tuple[str, str]] = {
-    ("course_lib.llm.quant", "course_lib.llm.kernels"),  # closes quant <-> kernels and quant -> kernels -> tvm_gemv -> quant
-    ("course_lib.llm.tvm_gemv", "course_lib.tuning.common"),  # lesson 3 -> lesson 4
-    ("course_lib.llm.tvm_gemv", "course_lib.tuning.metaschedule"),  # lesson 3 -> lesson 4
-}
-
-
 def modules() -> dict[str, Path]:
     """``{dotted name: file}`` of every module of the package (a package is named by its ``__init__.py``)."""
     out = {}
@@ -119,10 +110,6 @@ def lesson_of(module: str) -> str | None:
     return parts[1] if len(parts) > 1 and parts[1] in LESSONS else None
 
 
-def without_known(g: dict[str, set[str]]) -> dict[str, set[str]]:
-    return {m: {t for t in ts if (m, t) not in KNOWN_UNTIL_H2A} for m, ts in g.items()}
-
-
 def test_the_graph_sees_function_local_and_relative_imports(tmp_path):
     """The reader itself, on a made-up package: a cycle through a function-local import is found."""
     known = {"course_lib.a": tmp_path / "a.py", "course_lib.b": tmp_path / "b.py", "course_lib.c": tmp_path / "c.py"}
@@ -142,24 +129,17 @@ def test_the_graph_covers_the_package():
 
 
 def test_no_import_cycle_in_course_lib():
-    found = cycles(without_known(graph()))
+    found = cycles(graph())
     assert found == [], "import cycles (function-local imports included): " + "; ".join(" <-> ".join(c) for c in found)
 
 
 def test_no_lesson_imports_another_lessons_package():
     """A lesson's package may import the shared modules and itself, never another lesson (detection + ptq are one)."""
     bad = []
-    for m, targets in without_known(graph()).items():
+    for m, targets in graph().items():
         mine = lesson_of(m)
         for t in sorted(targets):
             theirs = lesson_of(t)
             if mine and theirs and LESSONS[mine] != LESSONS[theirs]:
                 bad.append(f"{m} -> {t}")
     assert bad == [], "lesson-to-lesson imports: " + ", ".join(bad)
-
-
-@pytest.mark.parametrize("edge", sorted(KNOWN_UNTIL_H2A))
-def test_every_tolerated_edge_still_exists(edge):
-    """An allow-list entry whose import is gone must be removed (the list only ever shrinks)."""
-    m, t = edge
-    assert t in graph().get(m, set()), f"{m} no longer imports {t}: remove it from KNOWN_UNTIL_H2A"

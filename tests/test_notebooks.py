@@ -20,7 +20,8 @@ REQUIRED_METRICS = {
        "l3.tokens_per_s_int8_fast", "l3.tokens_per_s_int4g_fast", "l3.tokens_per_s_fp32_interleaved", "l3.decode_speedup_int8_fast", "l3.decode_speedup_int4g_fast",
        "l3.ppl_int8_fast_zh", "l3.ppl_int4g_fast_zh", "l3.tokens_per_s_llamacpp_q8_0", "l3.tokens_per_s_llamacpp_q4_1",
        "l3.tokens_per_s_llamacpp_f32", "l3.memory_bandwidth_gbs", "l3.tokens_per_s_fp32_graph", "l3.tokens_per_s_int8_graph",
-       "l3.tokens_per_s_int4g_graph", "l3.graph_vs_llamacpp_q8_0", "l3.graph_vs_llamacpp_q4_1"],
+       "l3.tokens_per_s_int4g_graph", "l3.graph_vs_llamacpp_q8_0", "l3.graph_vs_llamacpp_q4_1",
+       "l3.ppl_llamacpp_q8_0_zh", "l3.ppl_llamacpp_f32_zh", "l3.ppl_int8_fast_vs_ref_se_zh", "l3.ppl_int4g_fast_vs_ref_se_zh"],
     "04_tvm_autotuning": ["l4.gflops_naive", "l4.gflops_hand", "l4.gflops_numpy", "l4.gflops_torch", "l4.gflops_best_template",
                           "l4.gflops_metaschedule", "l4.metaschedule_vs_torch", "l4.peak_gflops_estimate",
                           "l4.relax_max_abs_diff", "l4.relax_vs_torch_latency_ratio"],
@@ -61,7 +62,11 @@ BANDS: dict[str, tuple[float | None, float | None]] = {
     "l3.decode_speedup_*": (1e-9, None),
     "l3.memory_bandwidth_gbs": (1e-9, None),
     "l3.graph_vs_llamacpp_*": (1e-9, None),
-    "l3.ppl_int8_fast_zh": (L3_PPL["int8_zh"] * 0.98, L3_PPL["int8_zh"] * 1.02),  # and within 0.75 % of this run's int8 (relations)
+    "l3.ppl_int8_fast_zh": (L3_PPL["int8_zh"] * 0.98, L3_PPL["int8_zh"] * 1.02),  # and the llama.cpp bound (relations)
+    # llama.cpp on the same windows: its F32 is our fp32 (same dequantised Q4_1 weights, same ids)
+    "l3.ppl_llamacpp_f32_zh": (L3_PPL["fp32_zh"] * 0.98, L3_PPL["fp32_zh"] * 1.02),
+    "l3.ppl_llamacpp_q8_0_zh": (L3_PPL["fp32_zh"] * 0.98, L3_PPL["fp32_zh"] * 1.03),
+    "l3.ppl_*_fast_vs_ref_se_zh": (0.0, 0.01),
     "l3.ppl_int4g_fast_zh": (L3_PPL["int4g_zh"] * 0.98, L3_PPL["int4g_zh"] * 1.02),
     "l4.relax_max_abs_diff": (0.0, 1e-4),
     "l4.peak_gflops_estimate": (1e-9, None),
@@ -92,11 +97,24 @@ def relations(recorded: dict) -> list[str]:
             fp, i8, i4g, i4 = (v[n] for n in names)
             if not (i8 <= 1.02 * fp and fp < i4g < i4):
                 bad.append(f"lesson 3 perplexity order broken ({lang}): fp32 {fp:.3f}, int8 {i8:.3f}, int4g {i4g:.3f}, int4 {i4:.3f}")
-    for fmt in ("int8", "int4g"):  # the fast kernel's perplexity vs the reference path of its format (target 0.5 %)
-        fast, ref = v.get(f"l3.ppl_{fmt}_fast_zh"), v.get(f"l3.ppl_{fmt}_zh")
-        if fast is not None and ref is not None and abs(fast / ref - 1) > 0.0075:
-            bad.append(f"lesson 3: {fmt} fast perplexity {fast:.3f} is {fast / ref - 1:+.2%} from the reference {ref:.3f} "
-                       "(target 0.5 %, asserted 0.75 %: MLAS picks its int8 code path by CPU)")
+    # The fast kernel changes one thing against the reference path of its format: it rounds the activations to int8
+    # per block of 32 (MatMulNBits accuracy_level 4), as llama.cpp does for Q8_0. What the method guarantees on ANY
+    # CPU: that change costs at most llama.cpp's whole Q8_0 change against its F32 on the same windows (Q8_0 rounds
+    # the same activations AND its weights), plus two standard errors of the paired per-token difference (the
+    # resolution of 2 × 512 tokens). The exact rounding differs by CPU (MLAS picks AVX2 / AVX-512 VNNI / AMX / NEON
+    # kernels from the CPU's features), so no tighter fixed percentage holds everywhere: +0.78 % was measured on an
+    # Intel AMX CPU against +0.41 % on CI's AMD Zen 4, with llama.cpp's Q8_0 at +0.60 % on the Intel one.
+    q8, f32 = v.get("l3.ppl_llamacpp_q8_0_zh"), v.get("l3.ppl_llamacpp_f32_zh")
+    for fmt in ("int8", "int4g"):
+        fast, ref, se = v.get(f"l3.ppl_{fmt}_fast_zh"), v.get(f"l3.ppl_{fmt}_zh"), v.get(f"l3.ppl_{fmt}_fast_vs_ref_se_zh")
+        if None in (fast, ref):
+            continue
+        if None in (q8, f32, se):
+            bad.append(f"lesson 3: {fmt} fast perplexity recorded without llama.cpp's Q8_0/F32 perplexity and its "
+                       "standard error: nothing to judge it against")
+        elif fast / ref - 1 > q8 / f32 - 1 + 2 * se:
+            bad.append(f"lesson 3: {fmt} fast perplexity {fast:.3f} is {fast / ref - 1:+.2%} from the reference {ref:.3f}, "
+                       f"more than llama.cpp's Q8_0 change {q8 / f32 - 1:+.2%} + 2 × {se:.2%} (standard error) on the same windows")
     for fmt in ("int8", "int4g"):  # a speed-up is the fast rate over the fp32 timed in the same interleaved rounds
         names = (f"l3.decode_speedup_{fmt}_fast", f"l3.tokens_per_s_{fmt}_fast", "l3.tokens_per_s_fp32_interleaved")
         if all(n in v for n in names) and abs(v[names[0]] * v[names[2]] / v[names[1]] - 1) > 1e-9:
@@ -192,12 +210,22 @@ def test_required_metric_patterns_select_what_they_should():
 def test_relations_catch_a_broken_perplexity_order():
     good = {f"l3.ppl_{k}": {"value": v, "unit": ""} for k, v in L3_PPL.items()}
     assert relations(good) == []
+    good.update({"l3.ppl_llamacpp_f32_zh": {"value": 11.518, "unit": ""}, "l3.ppl_llamacpp_q8_0_zh": {"value": 11.587, "unit": ""},
+                 "l3.ppl_int8_fast_vs_ref_se_zh": {"value": 0.001, "unit": ""},
+                 "l3.ppl_int4g_fast_vs_ref_se_zh": {"value": 0.001, "unit": ""}})
     swapped = {**good, "l3.ppl_int4g_zh": {"value": 40.0, "unit": ""}}
     assert relations(swapped) and "order broken (zh)" in relations(swapped)[0]
     near = {**good, "l3.ppl_int8_fast_zh": {"value": L3_PPL["int8_zh"] * 1.004, "unit": ""}}
     assert relations(near) == []
     drifted = {**good, "l3.ppl_int8_fast_zh": {"value": L3_PPL["int8_zh"] * 1.0098, "unit": ""}}
-    assert relations(drifted) and "int8 fast perplexity" in relations(drifted)[0]
+    assert relations(drifted) and "int8 fast perplexity" in relations(drifted)[0]  # 0.98 % > 0.60 % + 2 × 0.1 %
+    # the standard error of the paired difference on the cpu profile's 2 × 512 zh tokens measured 0.34 % (it depends on
+    # the text and the models, not on timing): Intel AMX's +0.78 % is inside +0.60 % + 2 × 0.34 %
+    amx = {**good, "l3.ppl_int8_fast_zh": {"value": L3_PPL["int8_zh"] * 1.0078, "unit": ""},
+           "l3.ppl_int8_fast_vs_ref_se_zh": {"value": 0.0034, "unit": ""}}
+    assert relations(amx) == []
+    alone = {k: e for k, e in drifted.items() if "llamacpp" not in k}
+    assert relations(alone) and "without llama.cpp" in relations(alone)[0]
     rates = {"l3.tokens_per_s_int8_fast": {"value": 23.0, "unit": ""}, "l3.tokens_per_s_fp32_interleaved": {"value": 14.0, "unit": ""}}
     assert relations({**good, **rates, "l3.decode_speedup_int8_fast": {"value": 23.0 / 14.0, "unit": ""}}) == []
     wrong = relations({**good, **rates, "l3.decode_speedup_int8_fast": {"value": 23.0 / 13.0, "unit": ""}})

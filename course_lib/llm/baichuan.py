@@ -317,7 +317,7 @@ class BaichuanForCausalLM(nn.Module):
                  lm_head: bool = False) -> "BaichuanForCausalLM":
         """Replace W_pack, o_proj, gate/up/down_proj of every layer by QLinear(bits); returns self (like Baichuan's).
 
-        ``kernel="fast"`` runs them through the fused kernel of course_lib.llm.kernels; ``lm_head=True``
+        ``kernel="fast"`` runs them through the fused kernel of course_lib.llm.fast; ``lm_head=True``
         quantizes the LM head too (the embedding table stays float).
         """
         from course_lib.llm.quant import quantize_model

@@ -131,7 +131,7 @@ def load_chat_model(bits: int = 16, tiny: bool = False, group_size: int | None =
     """(model, tokenizer): SmolLM2 in Baichuan layout (or the tiny model, or ``checkpoint``), quantized to ``bits``.
 
     ``bits`` 16 = float. Quantized models use ``kernel`` ('fast' = the fused int8/int4 kernel of
-    course_lib.llm.kernels, 'reference' = the seed's dequantise-then-matmul). ``graph=True`` returns the model as
+    course_lib.llm.fast, 'reference' = the seed's dequantise-then-matmul). ``graph=True`` returns the model as
     one onnxruntime graph per token (:class:`course_lib.llm.onnx_decode.GraphDecoder`, the fastest way lesson 3
     measured), with the same ``stream_ids``; the graph runs quantized layers as MatMulNBits (the fast kernel's op)
     whatever ``kernel`` says, so ``kernel='reference'`` with a graph is refused. ``checkpoint``: a folder for
@@ -173,17 +173,17 @@ def check_quant_args(bits: int, group_size, kernel: str, graph: bool = False, sm
     ``smollm2``: also check the group size against SmolLM2's layer widths (other models: quantize_model checks
     every layer before changing any).
     """
-    from course_lib.llm import kernels
+    from course_lib.llm import fast
 
     if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0):
         raise ValueError(f"--group-size must be a positive integer, got {group_size}")
-    if kernel not in kernels.KERNELS:
-        raise ValueError(f"kernel must be one of {kernels.KERNELS}, got {kernel!r}")
+    if kernel not in fast.KERNELS:
+        raise ValueError(f"kernel must be one of {fast.KERNELS}, got {kernel!r}")
     if graph and kernel == "reference":
         raise ValueError("--kernel reference cannot run in the one-graph decoder: the graph always runs quantized "
                          "layers as MatMulNBits (the fast kernel); drop --kernel reference or --graph")
     if kernel == "fast":
-        kernels.check_kernel(kernel, bits, group_size)  # names the supported group sizes
+        fast.check_kernel(kernel, bits, group_size)  # names the supported group sizes
     elif smollm2 and group_size is not None and 576 % group_size:  # SmolLM2's hidden size
         raise ValueError(f"--group-size {group_size} must divide the layer widths (576, 1536)")
 

@@ -7,11 +7,12 @@ timed through ``bench.benchmark`` (warm-up + repeats; tokens/s at the median, p1
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
 
-from course_lib import bench, hw
+from course_lib import bench, claims, hw
 
 PROMPT = "The three most important ideas in computer science are"
 
@@ -39,34 +40,57 @@ class Variant:
         return model
 
 
-OURS = {
-    "fp32": Variant("fp32"),
-    "int8 ref": Variant("int8 ref", 8),
-    "int4g ref": Variant("int4g ref", 4, 64),
-    "int8 fast": Variant("int8 fast", 8, None, "fast"),
-    "int4g fast": Variant("int4g fast", 4, 64, "fast"),
-    "int8 fast + head": Variant("int8 fast + head", 8, None, "fast", lm_head=True),
-    "int4g fast + head": Variant("int4g fast + head", 4, 64, "fast", lm_head=True),
-    "int4g fast + int8 head": Variant("int4g fast + int8 head", 4, 64, "fast", lm_head=8),
-    "fp32 graph": Variant("fp32 graph", graph=True),
-    "int8 graph + head": Variant("int8 graph + head", 8, None, "fast", lm_head=True, graph=True),
-    "int4g graph + int8 head": Variant("int4g graph + int8 head", 4, 64, "fast", lm_head=8, graph=True),
-}
+def variants_for(group_size: int = 64) -> dict[str, Variant]:
+    """Our named variants, the grouped int4 ones ("int4g …") at ``group_size`` (the notebook's parameter)."""
+    g = group_size
+    return {
+        "fp32": Variant("fp32"),
+        "int8 ref": Variant("int8 ref", 8),
+        "int4g ref": Variant("int4g ref", 4, g),
+        "int8 fast": Variant("int8 fast", 8, None, "fast"),
+        "int4g fast": Variant("int4g fast", 4, g, "fast"),
+        "int8 fast + head": Variant("int8 fast + head", 8, None, "fast", lm_head=True),
+        "int4g fast + head": Variant("int4g fast + head", 4, g, "fast", lm_head=True),
+        "int4g fast + int8 head": Variant("int4g fast + int8 head", 4, g, "fast", lm_head=8),
+        "fp32 graph": Variant("fp32 graph", graph=True),
+        "int8 graph + head": Variant("int8 graph + head", 8, None, "fast", lm_head=True, graph=True),
+        "int4g graph + int8 head": Variant("int4g graph + int8 head", 4, g, "fast", lm_head=8, graph=True),
+    }
+
+
+OURS = variants_for(64)  # the defaults (group 64); pass group_size to the functions below for another one
 LLAMA_CPP = ("F32", "Q8_0", "Q4_1")
 
 
-def time_generation(model, prompt_ids, new_tokens: int = 64, warmup: int = 1, repeat: int = 3,
-                    name: str = "") -> bench.BenchResult:
-    """bench result of greedy generation of ``new_tokens`` tokens (prefill of the prompt included)."""
-    if new_tokens < 1:
-        raise ValueError(f"new_tokens must be >= 1, got {new_tokens}")
+def _resolve(variants, group_size: int) -> list[Variant]:
+    table = variants_for(group_size)
+    out = []
+    for v in variants:
+        if isinstance(v, Variant):
+            out.append(v)
+        elif v in table:
+            out.append(table[v])
+        else:
+            raise ValueError(f"unknown variant {v!r}; choose from {list(table)} or pass a Variant")
+    return out
 
-    @torch.no_grad()
-    def run():
-        n = sum(1 for _ in model.stream_ids(prompt_ids, max_new_tokens=new_tokens, eos_token_id=None))
-        assert n == new_tokens, f"generated {n} tokens, expected {new_tokens}"
 
-    return bench.benchmark(run, name=name, items=new_tokens, unit="tokens", warmup=warmup, repeat=repeat)
+def model_device(model) -> torch.device:
+    """The device of ``model``'s first parameter (CPU for a model without parameters, e.g. a GraphDecoder)."""
+    p = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return p.device if p is not None else torch.device("cpu")
+
+
+def threads_used(model) -> str:
+    """What a variant's kernels really ran on: per fast layer (1 or all threads, measured), the graph's session, or torch's."""
+    from course_lib.llm import fast
+
+    if hasattr(model, "source_model"):  # GraphDecoder: one onnxruntime session
+        return f"{model.threads} (one onnxruntime session)"
+    counts = fast.thread_counts(model)
+    if counts:
+        return f"fast layers: {fast.describe_threads(model)}; the rest torch × {torch.get_num_threads()}"
+    return f"torch × {torch.get_num_threads()}"
 
 
 def interleaved(fp_model, variants, prompt_ids, new_tokens: int, warmup: int, repeat: int, progress: bool = True):
@@ -80,11 +104,14 @@ def interleaved(fp_model, variants, prompt_ids, new_tokens: int, warmup: int, re
     if new_tokens < 1 or repeat < 1 or warmup < 0:
         raise ValueError(f"need new_tokens >= 1, repeat >= 1, warmup >= 0; got {new_tokens}, {repeat}, {warmup}")
     models = [(v, v.build(fp_model)) for v in variants]
+    threads = {v.name: threads_used(m) for v, m in models}
 
     def generate(model):
+        ids = prompt_ids.to(model_device(model))  # the gpu profile: token ids go to the model's device
+
         @torch.no_grad()
         def run():
-            n = sum(1 for _ in model.stream_ids(prompt_ids, max_new_tokens=new_tokens, eos_token_id=None))
+            n = sum(1 for _ in model.stream_ids(ids, max_new_tokens=new_tokens, eos_token_id=None))
             assert n == new_tokens, f"generated {n} tokens, expected {new_tokens}"
         return run
 
@@ -95,7 +122,8 @@ def interleaved(fp_model, variants, prompt_ids, new_tokens: int, warmup: int, re
             t = bench.time_calls(run, 1)
             if i >= warmup:
                 times[v.name] += t
-    out = [(bench.BenchResult(v.name, times[v.name], items=new_tokens, unit="tokens", warmup=warmup),
+    out = [(bench.BenchResult(v.name, times[v.name], items=new_tokens, unit="tokens", warmup=warmup,
+                              extra={"threads": threads[v.name]}),
             roofline.weight_bytes_per_token(getattr(m, "source_model", m))["total"] / 1e6) for v, m in models]
     del models, runs
     return out
@@ -105,17 +133,19 @@ def _row(r: bench.BenchResult, kind: str, mb: float) -> dict:
     ts = sorted(r.times_s)
     n = r.items
     return {"variant": r.name, "kind": kind, "tokens_per_s": r.throughput,
-            "p10": n / bench.percentile(ts, 90), "p90": n / bench.percentile(ts, 10), "mb_per_token": mb}
+            "p10": n / bench.percentile(ts, 90), "p90": n / bench.percentile(ts, 10), "mb_per_token": mb,
+            "threads": str(r.extra.get("threads", ""))}
 
 
 def decode_benchmark(fp_model, tokenizer, variants=("fp32", "int8 ref", "int4g ref", "int8 fast", "int4g fast"),
                      llama_formats=LLAMA_CPP, prompt: str = PROMPT, new_tokens: int = 64, threads: int = 2,
-                     warmup: int = 1, repeat: int = 3, progress: bool = True):
-    """DataFrame: tokens/s (median, p10, p90) and MB of weights per token for our variants and llama.cpp's.
+                     warmup: int = 1, repeat: int = 3, progress: bool = True, group_size: int = 64):
+    """DataFrame: tokens/s (median, p10, p90), MB of weights per token and the threads each really used, for our
+    variants and llama.cpp's.
 
     Our variants are timed in interleaved rounds (:func:`interleaved`); llama.cpp's formats one after another.
 
-    ``variants``: names from :data:`OURS` (or :class:`Variant` objects); ``llama_formats``: llama.cpp
+    ``variants``: names from :func:`variants_for` ``(group_size)`` (or :class:`Variant` objects); ``llama_formats``: llama.cpp
     formats to run, skipped (listed in ``df.attrs['skipped']``) when llama-cpp-python is not installed.
     ``speedup`` is tokens/s relative to our fp32 row when it is present.
     """
@@ -130,7 +160,7 @@ def decode_benchmark(fp_model, tokenizer, variants=("fp32", "int8 ref", "int4g r
     rows, skipped = [], []
     try:
         ids = tokenizer(prompt, return_tensors="pt").input_ids
-        todo = [OURS[v] if isinstance(v, str) else v for v in variants]
+        todo = _resolve(variants, group_size)
         for r, mb in interleaved(fp_model, todo, ids, new_tokens, warmup, repeat, progress):
             rows.append(_row(r, "ours", mb))
         if llama_formats:
@@ -140,12 +170,8 @@ def decode_benchmark(fp_model, tokenizer, variants=("fp32", "int8 ref", "int4g r
                 skipped.append(str(e))
                 llama_formats = ()
         for fmt in llama_formats:
-            llm = llamacpp.load(fmt, threads=threads)
-            ids_l = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-            r = bench.benchmark(lambda: llamacpp.generate_ids(llm, ids_l, new_tokens), name=f"llama.cpp {fmt}",
-                                items=new_tokens, unit="tokens", warmup=warmup, repeat=repeat)
+            r = llamacpp.tokens_per_second(fmt, prompt, new_tokens, threads=threads, warmup=warmup, repeat=repeat)
             rows.append(_row(r, "llama.cpp", roofline.gguf_weight_bytes(llamacpp.gguf_for(fmt)) / 1e6))
-            del llm
     finally:
         torch.set_num_threads(old)
     df = pd.DataFrame(rows)
@@ -156,20 +182,41 @@ def decode_benchmark(fp_model, tokenizer, variants=("fp32", "int8 ref", "int4g r
 
 
 def perplexities(fp_model, tokenizer, texts: dict[str, str], variants=("int8 ref", "int8 fast", "int4g ref", "int4g fast"),
-                 window: int = 512, max_windows: int | None = 4):
-    """DataFrame: perplexity per variant and language (eval.perplexity, non-overlapping windows)."""
+                 window: int = 512, max_windows: int | None = 4, group_size: int = 64):
+    """DataFrame: perplexity per variant and language (eval.perplexity, non-overlapping windows, the ids on the model's
+    device); ``nll_<lang>`` holds each variant's per-token NLL (a tensor) for paired comparisons."""
     import pandas as pd
 
-    from course_lib.llm.eval import perplexity
+    from course_lib.llm.eval import token_nll
 
     ids = {lang: tokenizer(t, return_tensors="pt").input_ids[0] for lang, t in texts.items()}
     rows = []
-    for v in variants:
-        v = OURS[v] if isinstance(v, str) else v
+    for v in _resolve(variants, group_size):
         model = v.build(fp_model)
         row = {"variant": v.name}
         for lang, x in ids.items():
-            row[f"ppl_{lang}"] = perplexity(model, x, window=window, max_windows=max_windows)
+            nll = token_nll(model, x, window=window, max_windows=max_windows)
+            row[f"ppl_{lang}"] = math.exp(float(nll.mean()))
+            row[f"nll_{lang}"] = nll
         rows.append(row)
         del model
     return pd.DataFrame(rows)
+
+
+def versus(table, v: str, base: str, lo: str = "p10", hi: str = "p90", faster: str = "faster",
+           slower: str = "slower") -> str:
+    """'faster than base' / 'slower than base' only when the p10–p90 spreads of ``v`` and ``base`` in ``table``
+    (indexed by variant, higher = better) do not overlap; otherwise 'not separable from base here'.
+
+    The direction comes from :func:`course_lib.claims.separation` and the phrase is recorded as a claim, so the
+    course run's audit checks it like every other comparison."""
+    c = claims.compare_spreads(v, (table.loc[v, lo], table.loc[v, hi]), base, (table.loc[base, lo], table.loc[base, hi]),
+                               higher_is_better=True, better=faster, worse=slower, record=False)
+    if c.direction == claims.HIGHER:
+        text = f"{faster} than {base}: the p10–p90 spreads do not overlap"
+    elif c.direction == claims.LOWER:
+        text = f"{slower} than {base}: the p10–p90 spreads do not overlap"
+    else:
+        text = f"not separable from {base} here: the p10–p90 spreads overlap"
+    claims.shown(c, text)
+    return text

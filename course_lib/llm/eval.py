@@ -102,18 +102,47 @@ def _ppl_windows(token_ids, window, max_windows) -> tuple[torch.Tensor, int]:
     return ids, n_win if max_windows is None else min(n_win, max_windows)
 
 
+def windows(token_ids, window: int = 512, max_windows: int | None = None) -> list[torch.Tensor]:
+    """The non-overlapping windows of ``window`` token ids that :func:`perplexity` scores (CPU int64 tensors)."""
+    ids, n_win = _ppl_windows(token_ids, window, max_windows)
+    return [ids[w * window:(w + 1) * window].cpu() for w in range(n_win)]
+
+
+def nll_from_logits(logits: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+    """Per-token NLL (float64, CPU) of ``chunk[1:]`` given ``logits`` (window, vocab) of ``chunk``: position t predicts t+1."""
+    logits = torch.as_tensor(logits).float()
+    return F.cross_entropy(logits[:-1], chunk[1:].to(logits.device), reduction="none").double().cpu()
+
+
+def _device_of(model) -> torch.device:
+    p = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return p.device if p is not None else torch.device("cpu")
+
+
 @torch.no_grad()
+def token_nll(model, token_ids, window: int = 512, max_windows: int | None = None) -> torch.Tensor:
+    """Next-token NLL of every scored token (float64, CPU), window after window; the ids go to the model's device."""
+    dev = _device_of(model)
+    out = []
+    for chunk in windows(token_ids, window, max_windows):  # every variant sees the same tokens
+        logits = model(chunk[None].to(dev)).logits  # (1, window, vocab)
+        out.append(nll_from_logits(logits[0], chunk))
+    return torch.cat(out)
+
+
 def perplexity(model, token_ids, window: int = 512, max_windows: int | None = None) -> float:
     """exp(mean next-token NLL) over non-overlapping windows of ``window`` tokens (works for HF and Baichuan models)."""
-    ids, n_win = _ppl_windows(token_ids, window, max_windows)
-    nll, count = 0.0, 0
-    for w in range(n_win):
-        chunk = ids[w * window:(w + 1) * window][None]  # (1, window), every variant sees the same tokens
-        logits = model(chunk).logits.float()  # (1, window, vocab)
-        # position t predicts token t+1: logits 0..window-2 are scored against tokens 1..window-1
-        nll += float(F.cross_entropy(logits[0, :-1], chunk[0, 1:], reduction="sum"))
-        count += window - 1
-    return math.exp(nll / count)
+    return math.exp(float(token_nll(model, token_ids, window, max_windows).mean()))
+
+
+def paired_ppl_ratio(nll_a: torch.Tensor, nll_b: torch.Tensor) -> tuple[float, float]:
+    """(ppl_a / ppl_b − 1, its standard error) from per-token NLLs of the same tokens (paired: the text's own
+    difficulty cancels). The standard error is that of the mean per-token difference, carried through exp."""
+    d = (torch.as_tensor(nll_a) - torch.as_tensor(nll_b)).double()
+    if d.numel() < 2:
+        raise ValueError("need at least two scored tokens for a standard error")
+    mean, se = float(d.mean()), float(d.std() / math.sqrt(d.numel()))
+    return math.expm1(mean), math.exp(mean) * se
 
 
 # ----------------------------------------------------------------------------------------------

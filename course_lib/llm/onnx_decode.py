@@ -7,7 +7,7 @@ needs. llama.cpp runs a token as one C++ graph. :func:`build_decode_graph` does 
 the model's decoding step — embedding lookup, RMSNorm, ``W_pack`` + RoPE + grouped-query attention over the KV cache,
 SwiGLU, the LM head — as one ONNX graph, with every linear layer either
 
-* a ``MatMulNBits`` node holding the *same* packed codes the fast path uses (:func:`kernels.to_matmulnbits`,
+* a ``MatMulNBits`` node holding the *same* packed codes the fast path uses (:func:`fast.to_matmulnbits`,
   one-time layout conversion, int8 compute with ``accuracy_level=4``), for a ``QLinear``; or
 * a ``MatMul`` with the float weight (transposed) as an initializer, for an ``nn.Linear`` — the float baseline
   gets the same treatment, so the comparison isolates what the format buys.
@@ -57,12 +57,12 @@ class _Graph:
 
 def _linear(g: _Graph, x: str, layer: nn.Module) -> str:
     """One linear layer: MatMulNBits on the fast path's packed codes (QLinear) or MatMul on the float weight."""
-    from course_lib.llm import kernels
+    from course_lib.llm import fast
     from course_lib.llm.quant import QLinear
 
     if isinstance(layer, QLinear):
-        block = kernels.check_fast_config(layer.bits, layer.group_size, layer.in_features)
-        b, s = kernels.to_matmulnbits(layer.int_weight(), layer.scale, layer.bits, block)
+        block = fast.check_fast_config(layer.bits, layer.group_size, layer.in_features)
+        b, s = fast.to_matmulnbits(layer.int_weight(), layer.scale, layer.bits, block)
         y = g.op("MatMulNBits", x, g.const(b), g.const(s), domain="com.microsoft", K=layer.in_features,
                  N=layer.out_features, bits=layer.bits, block_size=block, accuracy_level=g.accuracy_level)
     elif isinstance(layer, nn.Linear):
@@ -132,7 +132,7 @@ def build_decode_graph(model, accuracy_level: int | None = None):
     """
     from onnx import TensorProto
 
-    from course_lib.llm.kernels import FAST_ACCURACY_LEVEL
+    from course_lib.llm.fast import FAST_ACCURACY_LEVEL
 
     cfg = model.config
     g = _Graph(FAST_ACCURACY_LEVEL if accuracy_level is None else accuracy_level)
@@ -167,12 +167,16 @@ class GraphDecoder:
 
         if not isinstance(model, BaichuanForCausalLM):
             raise TypeError(f"GraphDecoder needs a BaichuanForCausalLM, got {type(model).__name__}")
+        from course_lib.llm.fast import session_options
+
+        off_cpu = sorted({str(p.device) for p in model.parameters()} - {"cpu"})
+        if off_cpu:
+            raise ValueError(f"GraphDecoder runs on onnxruntime's CPU provider but the model is on {', '.join(off_cpu)}: "
+                             "build it from a CPU copy (model.cpu())")
         self.source_model, self.config = model, model.config  # kept: the bytes per token are counted on it
         proto = build_decode_graph(model, accuracy_level)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads or torch.get_num_threads()
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
+        self.threads = int(threads or torch.get_num_threads())
+        so = session_options(self.threads)  # intra-op threads that do not spin between tokens
         # > 2 GB protobufs cannot be serialized in one piece: larger models would need external data
         self.session = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
 

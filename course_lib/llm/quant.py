@@ -240,8 +240,8 @@ class QLinear(nn.Module):
         self.kernel, self._kernel_impl = "reference", None
 
     def set_kernel(self, kernel: str = "reference", threads: int | None = None) -> "QLinear":
-        """Choose the forward kernel: 'reference' (dequantise, then matmul) or 'fast' (see course_lib.llm.kernels)."""
-        from course_lib.llm.kernels import make_kernel
+        """Choose the forward kernel: 'reference' (dequantise, then matmul) or 'fast' (see course_lib.llm.fast)."""
+        from course_lib.llm.fast import make_kernel
 
         self._kernel_impl = make_kernel(self, kernel, threads)  # ValueError for an unsupported kernel/format
         self.kernel = kernel
@@ -273,7 +273,7 @@ class QLinear(nn.Module):
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             got = "a 0-d tensor" if x.dim() == 0 else f"{x.shape[-1]} features"
             raise ValueError(f"QLinear input must have shape (..., {self.in_features}), got {got}")
-        if self._kernel_impl is not None:  # a fast kernel reading the packed codes (course_lib.llm.kernels)
+        if self._kernel_impl is not None:  # a fast kernel reading the packed codes (course_lib.llm.fast)
             return self._kernel_impl(x)
         # the seed's design: rebuild the float weight every call, then an ordinary matmul
         return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
@@ -373,12 +373,12 @@ def _head_format(lm_head, bits: int, group_size):
     return int(lm_head), None
 
 
-def _check_layer(name: str, linear: nn.Linear, bits: int, group_size, kernel: str, kernels) -> None:
+def _check_layer(name: str, linear: nn.Linear, bits: int, group_size, kernel: str, fast) -> None:
     """Every check QLinear(...).set_kernel(kernel) would make for this layer, named after it."""
     try:
         in_f = linear.in_features
         if kernel == "fast":
-            kernels.check_fast_config(bits, group_size, in_f)  # names the formats the fast kernel supports
+            fast.check_fast_config(bits, group_size, in_f)  # names the formats the fast kernel supports
         _check_group_size(group_size, in_f)
         if bits == 4 and in_f % 8:
             raise ValueError(f"int4 packs 8 values per int32: in_features must be a multiple of 8, got {in_f}")
@@ -389,12 +389,12 @@ def _check_layer(name: str, linear: nn.Linear, bits: int, group_size, kernel: st
 
 def _plan(model, bits, group_size, include, exclude, kernel, lm_head) -> dict:
     """{name: (linear, bits, group_size, slots)} of the layers to replace; raises before anything is changed."""
-    from course_lib.llm import kernels
+    from course_lib.llm import fast
 
     bits = _check_bits(bits)
     chosen = select_linears(model, include, exclude)
-    if kernel not in kernels.KERNELS:
-        raise ValueError(f"kernel must be one of {kernels.KERNELS}, got {kernel!r}")
+    if kernel not in fast.KERNELS:
+        raise ValueError(f"kernel must be one of {fast.KERNELS}, got {kernel!r}")
     head = _head_format(lm_head, bits, group_size)
     if getattr(model, "quantized_bits", None):
         raise RuntimeError(f"model is already quantized (int{model.quantized_bits}); quantizing twice would compound "
@@ -411,7 +411,7 @@ def _plan(model, bits, group_size, include, exclude, kernel, lm_head) -> dict:
         what = "left to quantize" if any(isinstance(m, QLinear) for m in model.modules()) else "to quantize"
         raise ValueError(f"no nn.Linear {what} in {type(model).__name__} (the output head is kept unless lm_head=...)")
     for name, (linear, b, g, _) in plan.items():
-        _check_layer(name, linear, b, g, kernel, kernels)
+        _check_layer(name, linear, b, g, kernel, fast)
     return plan
 
 
@@ -425,7 +425,7 @@ def quantize_model(model, bits: int, group_size: int | None = None, *, include=N
     so on a BaichuanForCausalLM exactly W_pack, o_proj, gate/up/down_proj. ``include`` / ``exclude``: a glob
     pattern or a list of them (``fnmatch``, as optimum-quanto's filters) over the names of ``model.named_modules()``,
     e.g. ``include="*.mlp.*"``, ``exclude=["*.o_proj", "model.layers.0.*"]``; a pattern matching nothing is an error.
-    ``kernel``: 'reference' (dequantise, then matmul: the seed's) or 'fast' (course_lib.llm.kernels).
+    ``kernel``: 'reference' (dequantise, then matmul: the seed's) or 'fast' (course_lib.llm.fast).
     ``lm_head=True`` also quantizes the head in the same format, ``lm_head=8`` (or 4) in that many bits per row;
     embedding tables stay float. Every argument and layer is checked, and every QLinear built, before the first
     layer is swapped in: a call that raises leaves the model as it was.

@@ -22,9 +22,10 @@ the vectorised loop runs along ``n`` over contiguous memory and ``x[0, k]`` is o
 (prefill), reading the weights once per row — correct, not fast.
 
 **Database.** ``data/tvm/gemv/`` holds a MetaSchedule tuning run of SmolLM2's five layer shapes in both formats,
-made with ``python -m course_lib.llm.tvm_gemv 32`` (lesson 4's :func:`course_lib.tuning.metaschedule.tune`, with
-``require_parallel(num-cores)``, once per workload into one work folder). See ``data/tvm/README.md``.
-**Measured** (``kernels.compare_kernels``, weights cycled from memory, median µs per batch-1 call; a 2-vCPU
+made with ``python ci/tune_gemv.py 32`` (lesson 4's :func:`course_lib.tuning.metaschedule.tune`, with
+``require_parallel(num-cores)``, once per workload into one work folder). See ``data/tvm/README.md``. This module only
+replays it (:mod:`course_lib.tvmtools`), so lesson 3 does not import lesson 4's package.
+**Measured** (``kernel_bench.compare_kernels``, weights cycled from memory, median µs per batch-1 call; a 2-vCPU
 AMD EPYC znver4 VM shared with another job, so ±30 % noise; 1 thread / 2 threads)::
 
     shape       format        fp32          ort fast      TVM hand      TVM tuned
@@ -60,13 +61,13 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from course_lib.tuning.common import host_target, physical_cores, require_tvm
+from course_lib.tvmtools import DatabaseError, committed_dir, compile_from_database, host_target, load_database, physical_cores, require_tvm
 
 SUPPORTED_BITS = (4, 8)
 SMOLLM2_SHAPES = ((960, 576), (576, 576), (1536, 576), (576, 1536), (49152, 576))  # (out, in): W_pack … lm_head
@@ -169,23 +170,22 @@ _COMPILED: dict = {}
 
 def database(db_dir: str | Path | None = None):
     """The committed tuning database (``data/tvm/gemv/``), opened once; None when the folder does not exist."""
-    from course_lib.tuning import metaschedule
-
-    db_dir = Path(db_dir) if db_dir else metaschedule.committed_dir(DB_NAME)
+    db_dir = Path(db_dir) if db_dir else committed_dir(DB_NAME)
     if db_dir not in _DATABASES:  # a corrupted database raises DatabaseError (it says how to re-tune)
-        _DATABASES[db_dir] = metaschedule.load_database(db_dir) if db_dir.exists() else None
+        _DATABASES[db_dir] = load_database(db_dir) if db_dir.exists() else None
     return _DATABASES[db_dir]
 
 
 def schedule_for(mod, db=None) -> tuple[object, str]:
-    """(schedule, how): the database's best record for ``mod`` when it has one, else :func:`hand_schedule`."""
-    from course_lib.tuning import metaschedule
+    """(schedule, how): the database's best record for ``mod`` when it has one, else :func:`hand_schedule`.
 
+    ``how`` says which ran: "MetaSchedule database", "hand schedule (no database record for this shape/format)"
+    or "hand schedule" (no database asked for) — a caller that asked for the tuned kernel can see it did not get it."""
     if db is not None:
         try:
-            return metaschedule.compile_from_database(db, mod), "tuned (MetaSchedule database)"
-        except metaschedule.DatabaseError:
-            pass  # no record for this shape/format
+            return compile_from_database(db, mod), "MetaSchedule database"
+        except DatabaseError:
+            return hand_schedule(mod), "hand schedule (no database record for this shape/format)"
     return hand_schedule(mod), "hand schedule"
 
 
@@ -206,17 +206,43 @@ def compile_gemv(out_features: int, in_features: int, bits: int, group_size: int
     return fn, how
 
 
+_POOL: list[int | None] = [None]  # the pool size we last set (None: TVM's own, never changed by us)
+
+
+def default_pool_size() -> int:
+    """The pool size TVM starts with here: ``TVM_NUM_THREADS`` (set to the physical cores unless the user set it)."""
+    os.environ.setdefault("TVM_NUM_THREADS", str(physical_cores()))
+    return int(os.environ["TVM_NUM_THREADS"])
+
+
+def pool_size() -> int:
+    """TVM's CPU pool size as this module last set it (the default when never set)."""
+    return _POOL[0] or default_pool_size()
+
+
 def set_threads(threads: int | None = None) -> None:
-    """Size TVM's CPU thread pool (process-wide, like ``torch.set_num_threads``).
+    """Size TVM's CPU thread pool (process-wide, like ``torch.set_num_threads``); prefer :func:`thread_pool`.
 
     TVM sizes its pool once, at the first parallel call, to ``TVM_NUM_THREADS`` or else *half* the logical CPUs
     (it assumes hyper-threading): one thread on a 2-vCPU VM. We set ``TVM_NUM_THREADS`` to the physical cores
     first (unless the user did), then pick ``threads`` of them.
     """
-    os.environ.setdefault("TVM_NUM_THREADS", str(physical_cores()))
+    default_pool_size()
     tvm = require_tvm()
     if threads:
         tvm.get_global_func("runtime.config_threadpool")(1, int(threads))  # 1 = the big cores
+        _POOL[0] = int(threads)
+
+
+@contextmanager
+def thread_pool(threads: int):
+    """TVM's pool at ``threads`` inside the block, back to its previous size after (a benchmark restores what it changes)."""
+    before = pool_size()
+    set_threads(threads)
+    try:
+        yield
+    finally:
+        set_threads(before)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,17 +250,20 @@ def set_threads(threads: int | None = None) -> None:
 
 
 class TvmLinear:
-    """Fused dequantise-GEMV through TVM: a callable ``x (..., in) → y (..., out)`` like ``kernels.FastLinear``."""
+    """Fused dequantise-GEMV through TVM: a callable ``x (..., in) → y (..., out)`` like ``fast.FastLinear``.
+
+    It runs on TVM's process-wide thread pool: size it around the calls with :func:`thread_pool`. ``self.how`` says
+    which schedule compiled (the MetaSchedule database's record, or the hand schedule and why)."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, bits: int, group_size: int | None,
-                 bias: torch.Tensor | None = None, threads: int | None = None, db_dir=None, tuned: bool = True):
+                 bias: torch.Tensor | None = None, db_dir=None, tuned: bool = True):
         tvm = require_tvm()
         self.out_features, self.in_features = (int(d) for d in q.shape)
         self.fn, self.how = compile_gemv(self.out_features, self.in_features, bits, group_size, db_dir, tuned)
         codes, s = to_tvm_layout(q, scale, bits)
         self.codes, self.scale = tvm.runtime.tensor(codes), tvm.runtime.tensor(s)  # TVM-owned copies, made once
         self.bias = None if bias is None else bias.detach().to(torch.float32)
-        set_threads(threads)
+        default_pool_size()  # before TVM sizes its pool at the first parallel call
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -265,39 +294,3 @@ def _aligned(t: torch.Tensor, copy: bool = True) -> torch.Tensor:
     if t.is_contiguous() and t.data_ptr() % 64 == 0:
         return t
     return t.contiguous().clone() if copy else torch.empty_like(t, memory_format=torch.contiguous_format)
-
-
-def cand_tvm(w: torch.Tensor, bits: int, group_size: int | None, tuned: bool = True):
-    """Candidate for ``kernels.compare_kernels``: quantize ``w`` with QLinear, return a :class:`TvmLinear`."""
-    from course_lib.llm.quant import QLinear
-
-    check_format(bits, group_size, *w.shape)
-    layer = QLinear(bits, w, group_size=group_size)
-    return TvmLinear(layer.int_weight(), layer.scale, bits, group_size, threads=torch.get_num_threads(), tuned=tuned)
-
-
-# ----------------------------------------------------------------------------------------------
-# tuning: lesson 4's tune(), once per workload, into one database
-
-
-def tune_all(trials: int = 32, shapes=SMOLLM2_SHAPES, formats=TUNED_FORMATS, dest: str | Path | None = None) -> Path:
-    """Tune every (shape, format) for ``trials`` trials into one work folder; save it to ``data/tvm/gemv/``."""
-    from course_lib.tuning import metaschedule
-
-    work = metaschedule.scratch_dir("ms-gemv")
-    for out_f, in_f in shapes:
-        for bits, group_size in formats:
-            fmt = f"int{bits} " + (f"g{group_size}" if group_size else "per-row")
-            print(f"tuning {out_f}x{in_f} {fmt}: {trials} trials", flush=True)
-            metaschedule.tune(gemv_module(out_f, in_f, bits, group_size), work, trials, verbose=False)
-    out = metaschedule.save_database(work, dest or metaschedule.committed_dir(DB_NAME))
-    shutil.rmtree(work, ignore_errors=True)
-    _DATABASES.clear()
-    _COMPILED.clear()
-    return out
-
-
-if __name__ == "__main__":  # python -m course_lib.llm.tvm_gemv [trials per workload]
-    import sys
-
-    print(tune_all(int(sys.argv[1]) if len(sys.argv) > 1 else 32))

@@ -10,37 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-def require_tvm():
-    """Import and return ``tvm``; :class:`course_lib.hw.MissingDependency` naming the ``tvm`` extra when it is missing."""
-    from course_lib import hw
-
-    return hw.require("tvm", "tvm", what="lesson 4 (Apache TVM)")
-
-
-def host_cpu() -> str:
-    """The LLVM name of this machine's CPU (e.g. ``icelake-server``), detected by TVM's LLVM."""
-    tvm = require_tvm()
-    from tvm.target import codegen
-
-    return str(codegen.llvm_get_system_cpu())
-
-
-def physical_cores() -> int:
-    """Number of physical CPU cores (what TVM's thread pool and ``num-cores`` should use)."""
-    import psutil
-
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-
-
-def host_target(num_cores: int | None = None):
-    """A ``tvm.target.Target`` for this CPU: ``{"kind": "llvm", "mcpu": <detected>, "num-cores": n}``.
-
-    TVM 0.27 rejects the old CLI string form with options (``"llvm -mcpu=..."``), so it is a dict.
-    """
-    tvm = require_tvm()
-    return tvm.target.Target(
-        {"kind": "llvm", "mcpu": host_cpu(), "num-cores": int(num_cores or physical_cores())}
-    )
+from course_lib.tvmtools import host_cpu, host_target, physical_cores, require_tvm  # noqa: F401,E402 (shared with lesson 3)
 
 
 # --------------------------------------------------------------------------------------------

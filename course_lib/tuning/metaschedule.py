@@ -23,18 +23,10 @@ from pathlib import Path
 from course_lib import paths
 from course_lib.tuning.common import host_target, physical_cores, require_tvm
 
-WORKLOAD_FILE = "database_workload.json"
-RECORD_FILE = "database_tuning_record.json"
+from course_lib.tvmtools import (RECORD_FILE, WORKLOAD_FILE, DatabaseError, _check_json_lines,  # noqa: F401 (shared)
+                                 committed_dir, compile_from_database, load_database)
+
 SEEDS_FILE = "seeds.json"  # written by seed_database: which records of a work dir are re-measured seeds
-
-
-class DatabaseError(RuntimeError):
-    """A MetaSchedule database that is missing, corrupted or has no record for the workload asked for."""
-
-
-def committed_dir(name: str = "matmul_512") -> Path:
-    """Where the lesson's committed MetaSchedule database ``name`` lives: ``data/tvm/<name>/``."""
-    return paths.data_dir() / "tvm" / name
 
 
 def fast_builder(max_workers: int | None = None, timeout_sec: float = 120.0):
@@ -325,64 +317,6 @@ def save_database(work_dir: str | Path, dest: str | Path) -> Path:
     for f in (WORKLOAD_FILE, RECORD_FILE):
         shutil.copy2(work_dir / f, dest / f)
     return dest
-
-
-def _check_json_lines(path: Path) -> int:
-    if not path.exists():
-        raise DatabaseError(f"MetaSchedule database file missing: {path}")
-    n = 0
-    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatabaseError(f"{path.name} line {lineno} is not valid JSON ({e.msg})") from None
-        if not isinstance(row, list) or len(row) < 2:
-            raise DatabaseError(f"{path.name} line {lineno} is not a MetaSchedule record (expected a 2-item list)")
-        n += 1
-    if n == 0:
-        raise DatabaseError(f"{path.name} holds no records")
-    return n
-
-
-def load_database(db_dir: str | Path):
-    """Open the JSON database in ``db_dir`` after checking it; a corrupted one raises :class:`DatabaseError`."""
-    require_tvm()
-    from tvm.s_tir import meta_schedule as ms
-
-    db_dir = Path(db_dir)
-    hint = (
-        f" — the database in {db_dir} cannot be replayed. Re-tune to regenerate it: "
-        "course_lib.tuning.metaschedule.tune(mod, work_dir, trials) then save_database(work_dir, db_dir) "
-        "(in the notebook: set ms_trials, or relax_trials for the MLP, to a positive number)"
-    )
-    try:
-        _check_json_lines(db_dir / WORKLOAD_FILE)
-        _check_json_lines(db_dir / RECORD_FILE)
-        return ms.database.JSONDatabase(
-            path_workload=str(db_dir / WORKLOAD_FILE),
-            path_tuning_record=str(db_dir / RECORD_FILE),
-            allow_missing=False,
-        )
-    except DatabaseError as e:
-        raise DatabaseError(f"{e}{hint}") from None
-    except Exception as e:  # TVM's own parser: a record that is JSON but not a valid trace
-        raise DatabaseError(f"TVM could not parse the database ({type(e).__name__}: {str(e).splitlines()[0][:200]}){hint}") from None
-
-
-def compile_from_database(db, mod, target=None):
-    """The best schedule the database holds for ``mod`` (``ms.tir_integration.compile_tir``); raises if none."""
-    require_tvm()
-    from tvm.s_tir import meta_schedule as ms
-
-    sch = ms.tir_integration.compile_tir(db, mod, target or host_target())
-    if sch is None:
-        raise DatabaseError(
-            "the database holds no tuning record for this workload (a different shape or dtype?); "
-            "re-tune with course_lib.tuning.metaschedule.tune(mod, work_dir, trials)"
-        )
-    return sch
 
 
 def replay_or_tune(mod, db_dir: str | Path, retune_trials: int = 0, work_dir: str | Path | None = None, target=None):
