@@ -68,7 +68,8 @@ lock:
 	cp build/constraints.candidate.txt $(LOCK)
 	@echo "ci/constraints.txt refreshed from a green fast-test run; review 'git diff $(LOCK)' and commit it"
 
-# One short run of every GPU path (report in build/gpu-check); on a CPU machine every step says skipped.
+# One short run of every GPU path (report in build/gpu-check); exits 1 when no step ran on a GPU
+# (on a CPU machine: `.venv/bin/course gpu-check --allow-skips` rehearses it and exits 0).
 gpu-check: setup
 	$(BIN)/course gpu-check --out build/gpu-check
 

@@ -13,6 +13,8 @@ Lesson 3's paths are rehearsed in tests/test_l3_*.py.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -210,3 +212,55 @@ def test_l3_fast_kernel_on_a_model_on_the_device(tiny_llm):
         except (ValueError, RuntimeError, NotImplementedError) as e:
             assert "cuda" in str(e).lower() or "device" in str(e).lower() or "cpu" in str(e).lower(), e
             assert not any(type(m).__name__ == "QLinear" for m in tiny_llm.modules()), "half-quantized model left behind"
+
+
+# --------------------------------------------------------------------------------------------
+# GPU-only notebook cells never run on a CPU machine: a name they use that nothing in the notebook binds (e.g.
+# ``from course_lib.ptq import trt as TRT`` then ``trt.build_engine``) would only fail on the first GPU run.
+# --------------------------------------------------------------------------------------------
+
+def _names(nb_path):
+    import ast
+    import builtins
+
+    import nbformat
+
+    nb = nbformat.read(nb_path, as_version=4)
+    code = "\n".join("\n".join(line for line in c.source.splitlines() if not line.lstrip().startswith(("%", "!")))
+                     for c in nb.cells if c.cell_type == "code")
+    tree = ast.parse(code)
+    bound = set(dir(builtins)) | {"display", "get_ipython", "__file__"}
+    used = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, (ast.Store, ast.Del)):
+                bound.add(node.id)
+            else:
+                used.setdefault(node.id, node.lineno)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            bound |= set(node.names)
+    return {n: line for n, line in used.items() if n not in bound}
+
+
+@pytest.mark.parametrize("nb", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+def test_every_name_a_notebook_uses_is_bound_somewhere_in_it(nb):
+    """Catches a typo in a cell the cpu profile skips (GPU-only paths) before a GPU machine does."""
+    path = Path(__file__).resolve().parents[1] / "notebooks" / nb
+    assert _names(path) == {}, f"{nb}: names used but never bound (name: line of the joined code cells)"
+
+
+def test_the_unbound_name_check_finds_a_gpu_only_typo(tmp_path):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("if False:\n    from course_lib.ptq import trt as TRT\n    trt.build_engine('x')")]
+    nbformat.write(nb, tmp_path / "99_demo.ipynb")
+    assert set(_names(tmp_path / "99_demo.ipynb")) == {"trt"}
