@@ -87,6 +87,15 @@ def rtn_codes(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Ten
     return ql.int_weight().to(torch.int8), ql.scale.clone()
 
 
+def rtn_dequant(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RTN's float32 weight, as rtn_codes + dequant give it, without packing (for searches)."""
+    out_f, in_f = w.shape
+    wg = w.float().view(out_f, -1, group_size)
+    amax = wg.abs().amax(-1, keepdim=True)
+    scale = torch.where(amax == 0, 1.0, amax / QMAX).half().float()  # the fp16 scale QLinear stores
+    return (torch.clamp(torch.round(wg / scale), QMIN, QMAX) * scale).view(out_f, in_f)
+
+
 def dequant(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """float32 weight q * scale, one scale per group of consecutive columns."""
     out_f, in_f = q.shape
@@ -95,8 +104,8 @@ def dequant(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def output_error(w_hat: torch.Tensor, w: torch.Tensor, h: torch.Tensor) -> float:
     """Summed squared output error on the calibration set, tr((Ŵ-W) H (Ŵ-W)ᵀ) with H = XᵀX (no X needed)."""
-    d = (w_hat.double() - w.double())
-    return float(((d @ h.double()) * d).sum())
+    d = (w_hat - w).float()
+    return float(((d @ h.float()) * d).sum(dtype=torch.float64))
 
 
 def to_qlinear(q: torch.Tensor, scale: torch.Tensor, group_size: int, bias=None) -> quant.QLinear:
@@ -118,8 +127,8 @@ def _awq_search(w: torch.Tensor, h: torch.Tensor, x_mean: torch.Tensor, group_si
         alpha = i / n_grid  # alpha = 0 gives s = 1: plain RTN is always a candidate
         s = x_mean.clamp(min=1e-4).pow(alpha)
         s = s / (s.max() * s.min()).sqrt()  # centre the scales around 1 (AWQ's normalisation)
-        q, scale = rtn_codes(w * s, group_size)  # salient columns scaled up: finer steps for them
-        err = output_error(dequant(q, scale) / s, w, h)  # the activations are divided by s in the model
+        w_hat = rtn_dequant(w * s, group_size) / s  # salient columns scaled up: finer steps for them; x is x / s
+        err = output_error(w_hat, w, h)
         if err < best[0]:
             best = (err, alpha, s)
     return best  # (error, alpha, s)
@@ -156,7 +165,7 @@ def inverse_hessian_factor(h: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
 
 def _gptq_columns(w: torch.Tensor, hinv: torch.Tensor, group_size: int, block: int = 128):
     """The core: round column c; its error / Hinv[c,c] corrects the later columns (lazily, one block at a time)."""
-    w = w.double().clone()
+    w = w.float().clone()
     out_f, in_f = w.shape
     q = torch.zeros(out_f, in_f, dtype=torch.int8)
     scale = torch.zeros(out_f, in_f // group_size, dtype=torch.float16)
@@ -168,7 +177,7 @@ def _gptq_columns(w: torch.Tensor, hinv: torch.Tensor, group_size: int, block: i
             if c % group_size == 0:  # the group's scale from its weights as corrected so far (QLinear's absmax / 7)
                 amax = wb[:, i:i + group_size].abs().amax(1)
                 scale[:, c // group_size] = torch.where(amax == 0, 1.0, amax / QMAX).half()
-            s = scale[:, c // group_size].double()
+            s = scale[:, c // group_size].float()
             q[:, c] = torch.clamp(torch.round(wb[:, i] / s), QMIN, QMAX).to(torch.int8)
             err = (wb[:, i] - q[:, c] * s) / hb[i, i]
             wb[:, i:] -= err[:, None] * hb[i, i:][None, :]  # this column's error, onto the rest of the block
@@ -189,7 +198,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, group_size: int, damp: float
     block = max(group_size, block // group_size * group_size)  # a group never straddles two blocks
     w = w.detach().float().clone()
     w[:, torch.diag(h) == 0] = 0
-    return _gptq_columns(w, inverse_hessian_factor(h, damp), group_size, block)
+    return _gptq_columns(w, inverse_hessian_factor(h, damp).float(), group_size, block)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,10 +255,10 @@ def _collect(layer, inputs, names):
 
     def hook(name):
         def fn(mod, args):
-            x = check_activations(args[0].detach(), f"activations entering {name}").double()
+            x = check_activations(args[0].detach(), f"activations entering {name}").float()
             st = stats[name]
-            st["h"] = st["h"] + x.T @ x
-            st["abs"] = st["abs"] + x.abs().sum(0)
+            st["h"] = st["h"] + (x.T @ x).double()
+            st["abs"] = st["abs"] + x.abs().sum(0, dtype=torch.float64)
             st["n"] += x.shape[0]
         return fn
 
@@ -332,7 +341,11 @@ def quantize_calibrated(model, seqs, method: str = "gptq", group_size: int = 64,
                             "tokens": sum(s.numel() for s in seqs)}
     inputs = _layer_inputs(model, seqs) if method != "rtn" else []
     for i, layer in enumerate(model.model.layers):
-        stats = _collect(layer, inputs, _LINEARS) if method != "rtn" else {n: (None, None) for n in _LINEARS}
+        if method == "rtn":
+            stats = {n: (None, None) for n in _LINEARS}
+        else:
+            stats = _collect(layer, inputs, [n for n in _LINEARS if n != "mlp.up_proj"])
+            stats["mlp.up_proj"] = stats["mlp.gate_proj"]  # the same input: one Hessian for both
         new = copy.deepcopy(layer)
         info["alphas"].update({f"{i}.{k}": v for k, v in
                                _quantize_layer(new, stats, method, group_size, damp, n_grid).items()})
@@ -346,3 +359,196 @@ def quantize_calibrated(model, seqs, method: str = "gptq", group_size: int = 64,
         m.set_kernel(kernel)
     model.quantized_bits, model.quantized_group_size = 4, group_size
     return model, info
+
+
+# ----------------------------------------------------------------------------------------------
+# the field library: NNCF's compress_weights, its codes and scales moved into QLinear
+
+
+LIBRARY = "nncf"
+LIBRARY_INSTALL = "pip install nncf==3.4.0"
+
+
+def _require_nncf():
+    """``nncf`` (telemetry off, logs quiet), or hw.MissingDependency with the install line."""
+    import logging
+    import os
+
+    from course_lib import hw
+
+    os.environ.setdefault("NNCF_CI", "1")  # nncf's switch that turns its telemetry off: the course sends nothing
+    nncf = hw.require("nncf", "llm", what="the field library's AWQ + scale estimation", install=LIBRARY_INSTALL)
+    nncf.set_log_level(logging.ERROR)
+    return nncf
+
+
+def _nncf_codes(compressed) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{weight name: (int8 codes (out, in), fp16 scales (out, groups))} from NNCF's int4 decompressors."""
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+    from nncf.torch.quantization.layers import INT4SymmetricWeightsDecompressor, unpack_int4
+
+    params = dict(compressed.named_parameters())
+    params.update(dict(compressed.named_buffers()))
+    out = {}
+    for key, mod in get_hook_storage(compressed).named_modules():
+        if isinstance(mod, INT4SymmetricWeightsDecompressor):
+            name = key.split(".")[1].rsplit("__", 1)[0].replace(":", ".")  # post_hooks.model:layers:0:...:weight__0.0
+            packed = params[name].detach()
+            q = unpack_int4(packed).reshape(mod.compressed_weight_shape)  # (out, groups, group)
+            out[name] = (q.reshape(q.shape[0], -1).to(torch.int8), mod._scale.detach().reshape(q.shape[0], -1).half())
+    return out
+
+
+@torch.no_grad()
+def library_quantize(model, seqs, group_size: int = 64, awq: bool = True, scale_estimation: bool = True,
+                     kernel: str = "reference"):
+    """NNCF ``compress_weights`` (INT4_SYM, group ``group_size``, data-aware AWQ + scale estimation) on a copy of
+    ``model``; its codes and scales land in QLinear, so the model runs on our paths. Returns (model, info)."""
+    import contextlib
+    import copy
+    import io
+
+    targets = _targets(model)
+    if getattr(model, "quantized_bits", None):
+        raise ValueError(f"model is already quantized (int{model.quantized_bits}): load a fresh float model")
+    group_size = check_group_size(group_size, [m.in_features for _, _, m in targets])
+    seqs = check_calibration(seqs, model.config.vocab_size)
+    nncf = _require_nncf()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # progress bars
+        compressed = nncf.compress_weights(
+            copy.deepcopy(model), mode=nncf.CompressWeightsMode.INT4_SYM, group_size=group_size, ratio=1.0,
+            dataset=nncf.Dataset([s[None] for s in seqs]), subset_size=len(seqs), awq=awq,
+            scale_estimation=scale_estimation, all_layers=True, backup_mode=nncf.BackupMode.NONE,
+            ignored_scope=nncf.IgnoredScope(patterns=[".*lm_head.*", ".*embed_tokens.*"]))
+    seconds = time.perf_counter() - t0
+    codes = _nncf_codes(compressed)
+    plain = dict(compressed.named_parameters())
+    new = copy.deepcopy(model)
+    for i, n, _ in _targets(new):  # everything float that NNCF changed (AWQ folds into norms) comes along
+        key = f"model.layers.{i}.{n}.weight"
+        if key not in codes:
+            raise RuntimeError(f"NNCF left {key} uncompressed: not the int4 g{group_size} format")
+        layer = new.model.layers[i]
+        parent, attr = n.rsplit(".", 1)
+        setattr(layer.get_submodule(parent), attr, to_qlinear(*codes[key], group_size).set_kernel(kernel))
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            layer.get_submodule(norm).weight.copy_(plain[f"model.layers.{i}.{norm}.weight"])
+    new.quantized_bits, new.quantized_group_size = 4, group_size
+    probe = seqs[0][None, :64]
+    parity = float((new(probe).logits - compressed(probe).logits).abs().max())  # the same weights, our code
+    return new, {"method": "library", "seconds": seconds, "tokens": sum(s.numel() for s in seqs),
+                 "version": nncf.__version__, "parity_max_abs_diff": parity, "compressed": compressed}
+
+
+# ----------------------------------------------------------------------------------------------
+# cache: calibrating takes minutes, loading the result a second (like the SmolLM2 conversion)
+
+
+def _fingerprint(model, seqs, settings: dict) -> str:
+    """A hash of the settings, the calibration token ids and the float model's weights (a strided sample)."""
+    import hashlib
+    import json
+
+    hsh = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for s in seqs:
+        hsh.update(s.to(torch.int64).numpy().tobytes())
+    for name, p in sorted(model.state_dict().items()):
+        hsh.update(name.encode())
+        hsh.update(p.detach().flatten()[::997].float().numpy().tobytes())
+    return hsh.hexdigest()[:16]
+
+
+def _layer_state(model) -> dict:
+    """What a calibrated model adds to the float one: QLinear codes + scales, the (folded) RMSNorm weights."""
+    out = {}
+    for i, n, m in _targets(model):
+        out[f"{i}.{n}.weight"], out[f"{i}.{n}.scale"] = m.weight.clone(), m.scale.clone()
+    for i, layer in enumerate(model.model.layers):
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            out[f"{i}.{norm}"] = layer.get_submodule(norm).weight.detach().clone()
+    return out
+
+
+def _apply_state(model, state: dict, group_size: int, kernel: str):
+    for i, n, m in _targets(model):
+        q = quant.unpack_int4(state[f"{i}.{n}.weight"]).to(torch.int8)
+        parent, attr = n.rsplit(".", 1)
+        setattr(model.model.layers[i].get_submodule(parent), attr, to_qlinear(q, state[f"{i}.{n}.scale"], group_size))
+    for i, layer in enumerate(model.model.layers):
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            layer.get_submodule(norm).weight.data.copy_(state[f"{i}.{norm}"])
+    for _, _, m in _targets(model):
+        m.set_kernel(kernel)
+    model.quantized_bits, model.quantized_group_size = 4, group_size
+    return model
+
+
+def quantize_cached(model, seqs, method: str, group_size: int = 64, damp: float = 0.01, n_grid: int = 20,
+                    kernel: str = "reference", recompute: bool = False):
+    """:func:`quantize_calibrated` (or :func:`library_quantize` for method 'library') on a COPY of ``model``,
+    stored under ``paths.cache_dir('l3b')`` and reloaded in a second next time; (model, info) with
+    ``info['cached']`` saying which happened and ``info['seconds']`` the calibration time when it was computed."""
+    import copy
+    import json
+    import os
+
+    from course_lib import paths
+
+    if method not in METHODS + ("library",):
+        raise ValueError(f"method must be one of {', '.join(METHODS + ('library',))}, got {method!r}")
+    group_size = check_group_size(group_size, [m.in_features for _, _, m in _targets(model)])
+    seqs = check_calibration(seqs, model.config.vocab_size)
+    settings = {"method": method, "group_size": group_size, "damp": damp, "n_grid": n_grid, "v": 1}
+    if method == "library":
+        settings = {"method": method, "group_size": group_size, "library": LIBRARY, "awq": True, "se": True}
+    key = f"{method.replace('+', '_')}-g{group_size}-{_fingerprint(model, seqs, settings)}"
+    folder = paths.cache_dir("l3b")
+    file = folder / f"{key}.pt"
+    if file.exists() and not recompute:
+        saved = torch.load(file, weights_only=True)
+        info = json.loads((folder / f"{key}.json").read_text())
+        return _apply_state(copy.deepcopy(model), saved, group_size, kernel), {**info, "cached": True}
+    if method == "library":
+        new, info = library_quantize(model, seqs, group_size)
+        info.pop("compressed")
+    else:
+        new, info = quantize_calibrated(copy.deepcopy(model), seqs, method, group_size, damp, n_grid)
+    tmp = folder / f".{key}.{os.getpid()}.pt"
+    torch.save(_layer_state(new), tmp)
+    (folder / f"{key}.json").write_text(json.dumps(info))
+    os.replace(tmp, file)  # atomic: a concurrent reader never sees half a file; the json is written first
+    for _, _, m in _targets(new):
+        m.set_kernel(kernel)
+    return new, {**info, "cached": False}
+
+
+# ----------------------------------------------------------------------------------------------
+# llama.cpp's own int4 formats on the same windows
+
+
+def llamacpp_perplexity(fmt: str, token_ids, window: int = 512, max_windows: int | None = None,
+                        threads: int = 2) -> float:
+    """Perplexity of SmolLM2 in llama.cpp format ``fmt`` (Q4_0: symmetric blocks of 32; Q4_1: the shipped file)
+    over exactly the windows ``eval.perplexity`` scores: same tokens, no BOS, logits of every position."""
+    import torch.nn.functional as F
+
+    from course_lib.llm import llamacpp
+
+    ids = torch.as_tensor(token_ids).flatten()
+    n_win = ids.numel() // window if max_windows is None else min(ids.numel() // window, max_windows)
+    if n_win < 1:
+        raise ValueError(f"text has {ids.numel()} tokens: fewer than one window of {window}")
+    llama_cpp = llamacpp.require_llama_cpp()
+    llm = llama_cpp.Llama(model_path=str(llamacpp.gguf_for(fmt)), n_threads=threads, n_threads_batch=threads,
+                          n_ctx=window, n_batch=window, logits_all=True, verbose=False)
+    nll, count = 0.0, 0
+    for w in range(n_win):
+        chunk = ids[w * window:(w + 1) * window]
+        llm.reset()
+        llm.eval(chunk.tolist())
+        logits = torch.from_numpy(llm.scores[:window].copy()).float()  # (window, vocab): position t predicts t+1
+        nll += float(F.cross_entropy(logits[:-1], chunk[1:], reduction="sum"))
+        count += window - 1
+    llm.close()
+    return math.exp(nll / count)
