@@ -17,6 +17,6 @@ my_damp = 0.01   # GPTQ's default: enough to make H + λI positive definite, sma
 
 # %% [06.calib_size]
 # Exercise 06.calib_size (explore): two calibration sizes, measured, and which one gave the lower held-out error
-n_small, n_large = 32, 2048
+n_small, n_large = 32, 1024
 err_small, err_large = measure_layer_error(n_small), measure_layer_error(n_large)
 lower = n_small if err_small < err_large else n_large

@@ -177,3 +177,50 @@ def test_core_bad_input():
     with pytest.raises(ValueError, match="not positive definite"):
         C.inverse_hessian_factor(h, damp=0.0)
     C.inverse_hessian_factor(h, damp=0.01)  # damping fixes it
+
+
+def test_cache_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    fp = _tiny()
+    first, info1 = C.quantize_cached(fp, _calib(), "awq+gptq", group_size=32)
+    again, info2 = C.quantize_cached(fp, _calib(), "awq+gptq", group_size=32)
+    assert not info1["cached"] and info2["cached"] and info2["seconds"] == info1["seconds"]
+    ids = torch.randint(0, 256, (1, 10), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(first(ids).logits, again(ids).logits)
+    assert _all_float(fp)  # the float model given is never changed
+    other, info3 = C.quantize_cached(fp, _calib(seed=1), "awq+gptq", group_size=32)  # other tokens, other entry
+    assert not info3["cached"]
+    with pytest.raises(ValueError, match="method must be one of"):
+        C.quantize_cached(fp, _calib(), "gptq4", group_size=32)
+
+
+def test_library_codes_run_in_qlinear():
+    require_extra("nncf", "llm")
+    fp = _tiny()
+    model, info = C.library_quantize(fp, _calib(), group_size=32)
+    assert info["parity_max_abs_diff"] < 1e-2  # NNCF dequantises in fp16, QLinear in float32
+    qls = [m for m in model.modules() if isinstance(m, QLinear)]
+    assert len(qls) == 10 and all(m.group_size == 32 and int(m.int_weight().abs().max()) <= 8 for m in qls)
+    assert _all_float(fp)
+    ids = torch.randint(0, 256, (1, 10), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = model(ids).logits
+        for m in qls:
+            m.set_kernel("fast")
+        assert float((model(ids).logits - ref).abs().max() / ref.abs().max()) <= 0.02
+
+
+def test_llamacpp_perplexity_on_the_same_windows(smollm2_cache):
+    require_extra("llama_cpp", "llm")
+    from course_lib.llm import eval as llm_eval
+    from course_lib.llm import smollm2
+    from course_lib.llm.convert import from_llama
+
+    hf, tok = smollm2.load_smollm2(verbose=False)
+    ids = torch.tensor(tok(llm_eval.chinese_text(400))["input_ids"])
+    ours = llm_eval.perplexity(from_llama(hf).eval(), ids, window=128, max_windows=1)
+    shipped = C.llamacpp_perplexity("Q4_1", ids, window=128, max_windows=1, threads=1)
+    assert abs(shipped / ours - 1) < 0.05  # our float weights ARE the shipped Q4_1 file, dequantised
+    with pytest.raises(ValueError, match="fewer than one window"):
+        C.llamacpp_perplexity("Q4_1", ids[:10], window=128)
