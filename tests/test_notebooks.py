@@ -30,6 +30,8 @@ REQUIRED_METRICS = {
                       "l5.map_int8_sensitive", "l5.map_onnx_int8", "l5.yolov7_ort_int8_speedup_bs1", "l5.yolov7_ort_int8_speedup_bs8",
                       "l5.course_model_ort_static_int8_speedup_bs1", "l5.course_model_ort_static_int8_speedup_bs8",
                       "l5.images_selection", "l5.images_test"],
+    "06_llm_int4_awq_gptq": [f"l3b.ppl_int4g_{m}_{lang}" for m in ("rtn", "awq", "gptq", "best") for lang in ("zh", "en")]
+    + ["l3b.ppl_int4g_library_zh", "l3b.ppl_llamacpp_q4_0_zh", "l3b.calibration_tokens", "l3b.calibration_s"],
 }
 
 # Reference values of lesson 3's perplexities (cpu profile: 2 windows of 512 tokens per language); any run is
@@ -81,6 +83,20 @@ BANDS: dict[str, tuple[float | None, float | None]] = {
     "l5.map_onnx_int8": (0.55, 1.0),
     "l5.map_ort_static_int8": (0.45, 1.0),
     "l5.*speedup*": (1e-9, None),
+    # lesson 3b (notebook 06): RTN is lesson 3's int4 g64 on the same windows; the calibrated methods must beat it
+    # and the best must reach the issue's target (<= 14.4 zh); llama.cpp Q4_0 measured 15.97 with its own quantizer
+    "l3b.ppl_int4g_rtn_zh": (L3_PPL["int4g_zh"] * 0.98, L3_PPL["int4g_zh"] * 1.02),
+    "l3b.ppl_int4g_rtn_en": (L3_PPL["int4g_en"] * 0.98, L3_PPL["int4g_en"] * 1.02),
+    "l3b.ppl_int4g_awq_zh": (L3_PPL["fp32_zh"], L3_PPL["int4g_zh"] * 0.98),
+    "l3b.ppl_int4g_awq_en": (L3_PPL["fp32_en"], L3_PPL["int4g_en"] * 0.98),
+    "l3b.ppl_int4g_gptq_zh": (L3_PPL["fp32_zh"], L3_PPL["int4g_zh"] * 0.98),
+    "l3b.ppl_int4g_gptq_en": (L3_PPL["fp32_en"], L3_PPL["int4g_en"] * 0.98),
+    "l3b.ppl_int4g_best_zh": (L3_PPL["fp32_zh"], 14.4),
+    "l3b.ppl_int4g_best_en": (L3_PPL["fp32_en"], L3_PPL["int4g_en"] * 0.98),
+    "l3b.ppl_int4g_library_zh": (L3_PPL["fp32_zh"], L3_PPL["int4g_zh"] * 0.98),
+    "l3b.ppl_llamacpp_q4_0_zh": (15.97 * 0.98, 15.97 * 1.02),
+    "l3b.calibration_tokens": (2493, 2493),
+    "l3b.calibration_s": (1e-9, None),
 }
 
 
