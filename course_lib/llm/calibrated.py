@@ -96,6 +96,30 @@ def rtn_dequant(w: torch.Tensor, group_size: int) -> torch.Tensor:
     return (torch.clamp(torch.round(wg / scale), QMIN, QMAX) * scale).view(out_f, in_f)
 
 
+CLIP_GRID = tuple(1.0 - 0.05 * i for i in range(9))  # scale = p · absmax / 7 for p = 1.0, 0.95, ..., 0.6
+
+
+def _search_group_scale(wg: torch.Tensor, hd: torch.Tensor, grid=CLIP_GRID) -> torch.Tensor:
+    """Per (row, group) the fp16 scale p·absmax/7 (p on ``grid``) that minimises Σ_j H_jj (w_j − q_j·scale)²."""
+    amax = wg.abs().amax(-1, keepdim=True).clamp(min=1e-12)  # wg (out, groups, g), hd (groups, g) = diag of H
+    best_err, best = None, None
+    for p in grid:
+        scale = (amax * p / QMAX).half().float()  # clipping the largest weights buys a finer step for the rest
+        err = (((wg - torch.clamp(torch.round(wg / scale), QMIN, QMAX) * scale) ** 2) * hd).sum(-1, keepdim=True)
+        best = scale if best is None else torch.where(err < best_err, scale, best)
+        best_err = err if best_err is None else torch.minimum(err, best_err)
+    return best[..., 0].half()
+
+
+def searched_codes(w: torch.Tensor, group_size: int, hdiag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 codes, fp16 scales) with each group's scale chosen by :func:`_search_group_scale` (AWQ's clip search)."""
+    out_f, in_f = w.shape
+    wg = w.float().view(out_f, -1, group_size)
+    scale = _search_group_scale(wg, hdiag.float().view(-1, group_size))
+    q = torch.clamp(torch.round(wg / scale.float()[..., None]), QMIN, QMAX).view(out_f, in_f).to(torch.int8)
+    return q, scale
+
+
 def dequant(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """float32 weight q * scale, one scale per group of consecutive columns."""
     out_f, in_f = q.shape
@@ -127,7 +151,8 @@ def _awq_search(w: torch.Tensor, h: torch.Tensor, x_mean: torch.Tensor, group_si
         alpha = i / n_grid  # alpha = 0 gives s = 1: plain RTN is always a candidate
         s = x_mean.clamp(min=1e-4).pow(alpha)
         s = s / (s.max() * s.min()).sqrt()  # centre the scales around 1 (AWQ's normalisation)
-        w_hat = rtn_dequant(w * s, group_size) / s  # salient columns scaled up: finer steps for them; x is x / s
+        hd = torch.diagonal(h).float() / (s * s)  # the activations are x / s
+        w_hat = dequant(*searched_codes(w * s, group_size, hd)) / s  # salient columns scaled up: finer steps
         err = output_error(w_hat, w, h)
         if err < best[0]:
             best = (err, alpha, s)
@@ -142,7 +167,7 @@ def awq_scales(w: torch.Tensor, x: torch.Tensor, group_size: int, n_grid: int = 
     check_group_size(group_size, [w.shape[1]])
     h = x.double().T @ x.double()
     err, alpha, s = _awq_search(w.float(), h, x.abs().mean(0).float(), group_size, n_grid)
-    q1, s1 = rtn_codes(w.float(), group_size)
+    q1, s1 = searched_codes(w.float(), group_size, torch.diagonal(h))
     return s, alpha, err, output_error(dequant(q1, s1), w, h)
 
 
@@ -163,7 +188,7 @@ def inverse_hessian_factor(h: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
     return torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True)
 
 
-def _gptq_columns(w: torch.Tensor, hinv: torch.Tensor, group_size: int, block: int = 128):
+def _gptq_columns(w: torch.Tensor, hinv: torch.Tensor, hdiag: torch.Tensor, group_size: int, block: int = 128):
     """The core: round column c; its error / Hinv[c,c] corrects the later columns (lazily, one block at a time)."""
     w = w.float().clone()
     out_f, in_f = w.shape
@@ -174,9 +199,9 @@ def _gptq_columns(w: torch.Tensor, hinv: torch.Tensor, group_size: int, block: i
         wb, err_b, hb = w[:, b0:b1].clone(), torch.zeros(out_f, b1 - b0, dtype=w.dtype), hinv[b0:b1, b0:b1]
         for i in range(b1 - b0):
             c = b0 + i
-            if c % group_size == 0:  # the group's scale from its weights as corrected so far (QLinear's absmax / 7)
-                amax = wb[:, i:i + group_size].abs().amax(1)
-                scale[:, c // group_size] = torch.where(amax == 0, 1.0, amax / QMAX).half()
+            if c % group_size == 0:  # the group's scale, searched on its weights as corrected so far
+                scale[:, c // group_size] = _search_group_scale(wb[:, None, i:i + group_size],
+                                                                hdiag[None, c:c + group_size])[:, 0]
             s = scale[:, c // group_size].float()
             q[:, c] = torch.clamp(torch.round(wb[:, i] / s), QMIN, QMAX).to(torch.int8)
             err = (wb[:, i] - q[:, c] * s) / hb[i, i]
@@ -198,7 +223,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, group_size: int, damp: float
     block = max(group_size, block // group_size * group_size)  # a group never straddles two blocks
     w = w.detach().float().clone()
     w[:, torch.diag(h) == 0] = 0
-    return _gptq_columns(w, inverse_hessian_factor(h, damp).float(), group_size, block)
+    return _gptq_columns(w, inverse_hessian_factor(h, damp).float(), torch.diagonal(h).float(), group_size, block)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -309,6 +334,8 @@ def _quantize_layer(layer, stats, method, group_size, damp, n_grid):
     for n in _LINEARS:
         if "gptq" in method:
             q, scale = gptq_quantize(w[n], h[n], group_size, damp)
+        elif method == "awq":
+            q, scale = searched_codes(w[n], group_size, torch.diagonal(h[n]))
         else:
             q, scale = rtn_codes(w[n], group_size)
         parent, attr = n.rsplit(".", 1)
@@ -499,7 +526,7 @@ def quantize_cached(model, seqs, method: str, group_size: int = 64, damp: float 
         raise ValueError(f"method must be one of {', '.join(METHODS + ('library',))}, got {method!r}")
     group_size = check_group_size(group_size, [m.in_features for _, _, m in _targets(model)])
     seqs = check_calibration(seqs, model.config.vocab_size)
-    settings = {"method": method, "group_size": group_size, "damp": damp, "n_grid": n_grid, "v": 1}
+    settings = {"method": method, "group_size": group_size, "damp": damp, "n_grid": n_grid, "v": 2}
     if method == "library":
         settings = {"method": method, "group_size": group_size, "library": LIBRARY, "awq": True, "se": True}
     key = f"{method.replace('+', '_')}-g{group_size}-{_fingerprint(model, seqs, settings)}"
