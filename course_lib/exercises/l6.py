@@ -87,7 +87,7 @@ def rank_deficient_case():
 
 @register("06.damping", "explore", "A damping that keeps the Cholesky stable")
 def check_damping(my_damp) -> None:
-    """The Cholesky must succeed on the rank-deficient Hessian, and GPTQ must still beat RTN clearly (< 0.9×)."""
+    """The Cholesky must succeed on the rank-deficient Hessian, and GPTQ must still beat plain rounding clearly (< 0.9×)."""
     from course_lib.llm import calibrated as C
 
     answered(my_damp)
@@ -101,9 +101,10 @@ def check_damping(my_damp) -> None:
         raise ExerciseFailed(f"damp={my_damp}: the Cholesky fails — H = XᵀX from 16 tokens has rank 16 < 64, so it "
                              "needs a positive damping (GPTQ's default is 0.01)") from None
     err = float(((x @ (C.dequant(q, s) - w).T) ** 2).sum())
-    err_rtn = float(((x @ (C.rtn_dequant(w, 32) - w).T) ** 2).sum())
+    # the same rounding without error feedback (each group's scale searched as in GPTQ): what GPTQ becomes as damp → ∞
+    err_rtn = float(((x @ (C.dequant(*C.searched_codes(w, 32, torch.diagonal(h))) - w).T) ** 2).sum())
     expect(math.isfinite(err), f"damp={my_damp}: the result is not finite (the factor is unstable): damp more")
-    expect(err < 0.9 * err_rtn, f"damp={my_damp}: GPTQ's output error is {err / err_rtn:.2f}× RTN's — so much damping "
+    expect(err < 0.9 * err_rtn, f"damp={my_damp}: GPTQ's output error is {err / err_rtn:.2f}× plain rounding's — so much damping "
                                 "that H ≈ λ·I and GPTQ forgets the activations; damp less (e.g. 0.01)")
 
 
