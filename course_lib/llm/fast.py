@@ -222,6 +222,14 @@ def _devices(model) -> set[str]:
     return {str(p.device) for p in model.parameters()} | {str(b.device) for b in model.buffers()}
 
 
+def require_cpu(model) -> None:
+    """ValueError (one line) when any weight of ``model`` is off the CPU: 'fast' is onnxruntime's CPU kernel."""
+    off_cpu = sorted(d for d in _devices(model) if d != "cpu")
+    if off_cpu:
+        raise ValueError(f"kernel 'fast' runs on the CPU (onnxruntime MatMulNBits) but the model is on "
+                         f"{', '.join(off_cpu)}: quantize a CPU copy (model.cpu()) or use kernel='reference'")
+
+
 def check_kernel(kernel: str, bits: int, group_size, model=None) -> None:
     """ValueError (naming what is supported) unless ``kernel`` handles (bits, group_size) on every target layer.
 
@@ -232,10 +240,7 @@ def check_kernel(kernel: str, bits: int, group_size, model=None) -> None:
     if kernel == "fast":
         in_sizes = {576}  # SmolLM2's hidden size when no model is given
         if model is not None:
-            off_cpu = sorted(d for d in _devices(model) if d != "cpu")
-            if off_cpu:
-                raise ValueError(f"kernel 'fast' runs on the CPU (onnxruntime MatMulNBits) but the model is on "
-                                 f"{', '.join(off_cpu)}: quantize a CPU copy (model.cpu()) or use kernel='reference'")
+            require_cpu(model)
             in_sizes = {m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)} or in_sizes
         for k in sorted(in_sizes):
             if group_size is not None and isinstance(group_size, int) and group_size in FAST_GROUP_SIZES and k % group_size:

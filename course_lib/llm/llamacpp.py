@@ -19,7 +19,7 @@ from course_lib import bench, hw, paths
 INSTALL = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON '
            '-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF" '
            "pip install llama-cpp-python==0.3.36")
-FTYPES = {"F32": 0, "F16": 1, "Q4_1": 3, "Q8_0": 7}  # the lesson's llama_ftype values (any other: see ftype())
+FTYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7}  # the lesson's llama_ftype values (any other: see ftype())
 K_ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}  # llama-quantize's own short names
 
 

@@ -395,6 +395,8 @@ def _plan(model, bits, group_size, include, exclude, kernel, lm_head) -> dict:
     chosen = select_linears(model, include, exclude)
     if kernel not in fast.KERNELS:
         raise ValueError(f"kernel must be one of {fast.KERNELS}, got {kernel!r}")
+    if kernel == "fast":
+        fast.require_cpu(model)  # before any weight is read: .numpy() on a device tensor would fail half-way
     head = _head_format(lm_head, bits, group_size)
     if getattr(model, "quantized_bits", None):
         raise RuntimeError(f"model is already quantized (int{model.quantized_bits}); quantizing twice would compound "
