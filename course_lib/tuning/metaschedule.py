@@ -416,22 +416,29 @@ def regenerate_matmul(trials: int = 128, n: int = 512, dest: str | Path | None =
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m course_lib.tuning.metaschedule --out DIR [--trials N] [--size N]``: re-tune the lesson's matmul."""
+def retune_cli(argv, prog: str, what: str, regenerate, knob: str, default: int, knob_help: str) -> int:
+    """The re-tuning command line shared by this module and ``relax_model``: ``--out DIR --trials N --<knob> N``.
+
+    Writes only to ``--out`` (pass ``data/tvm/<name>`` to refresh the committed database); bad numbers → one line, exit 2.
+    """
     import argparse
 
-    parser = argparse.ArgumentParser(
-        prog="python -m course_lib.tuning.metaschedule",
-        description="Tune lesson 4's n×n×n float32 matmul with MetaSchedule on this machine and write the database "
-        "to --out (pass data/tvm/matmul_512 to refresh the committed one).")
+    parser = argparse.ArgumentParser(prog=prog, description=f"Tune {what} with MetaSchedule on this machine and write "
+                                     "the database to --out (pass the folder under data/tvm/ to refresh the committed one).")
     parser.add_argument("--out", required=True, type=Path, help="folder the tuned database is written to")
     parser.add_argument("--trials", type=int, default=128, help="MetaSchedule trials (default 128)")
-    parser.add_argument("--size", type=int, default=512, help="matrix size n (default 512)")
+    parser.add_argument(f"--{knob}", type=int, default=default, help=f"{knob_help} (default {default})")
     args = parser.parse_args(argv)
-    if args.trials < 1 or args.size < 1:
-        parser.error("--trials and --size must be positive integers")
-    print(regenerate_matmul(args.trials, args.size, dest=args.out.expanduser()))
+    if args.trials < 1 or getattr(args, knob) < 1:
+        parser.error(f"--trials and --{knob} must be positive integers")
+    print(regenerate(args.trials, getattr(args, knob), dest=args.out.expanduser()))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m course_lib.tuning.metaschedule --out DIR [--trials N] [--size N]``: re-tune the lesson's matmul."""
+    return retune_cli(argv, "python -m course_lib.tuning.metaschedule", "lesson 4's n×n×n float32 matmul",
+                      regenerate_matmul, "size", 512, "matrix size n")
 
 
 if __name__ == "__main__":

@@ -207,20 +207,10 @@ def regenerate(trials: int = 128, batch: int = 32, dest: str | Path | None = Non
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m course_lib.tuning.relax_model --out DIR [--trials N] [--batch N]``: re-tune the lesson's MLP."""
-    import argparse
+    from course_lib.tuning.metaschedule import retune_cli
 
-    parser = argparse.ArgumentParser(
-        prog="python -m course_lib.tuning.relax_model",
-        description="Tune lesson 4's MLP with MetaSchedule on this machine and write the database to --out "
-        "(pass data/tvm/mlp to refresh the committed one).")
-    parser.add_argument("--out", required=True, type=Path, help="folder the tuned database is written to")
-    parser.add_argument("--trials", type=int, default=128, help="MetaSchedule trials (default 128)")
-    parser.add_argument("--batch", type=int, default=32, help="batch size the MLP is tuned for (default 32)")
-    args = parser.parse_args(argv)
-    if args.trials < 1 or args.batch < 1:
-        parser.error("--trials and --batch must be positive integers")
-    print(regenerate(args.trials, args.batch, dest=args.out.expanduser()))
-    return 0
+    return retune_cli(argv, "python -m course_lib.tuning.relax_model", "lesson 4's MLP", regenerate, "batch", 32,
+                      "batch size the MLP is tuned for")
 
 
 if __name__ == "__main__":
