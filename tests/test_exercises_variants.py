@@ -962,7 +962,8 @@ VARIANTS = {
 
 
 def test_every_registered_exercise_has_a_variant_table():
-    assert {e.id for e in exercises.registered()} == set(VARIANTS)
+    # lesson 3b's (06.*) right/wrong answers are tested in tests/test_exercises_l6.py
+    assert {e.id for e in exercises.registered() if not e.id.startswith("06.")} == set(VARIANTS)
 
 
 @pytest.mark.parametrize("id", sorted(VARIANTS))
