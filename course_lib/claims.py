@@ -202,6 +202,14 @@ def shown(claim: Claim, sentence: str) -> Claim:
     return record(replace(claim, sentence=sentence))
 
 
+def worded(claim: Claim, higher: str, lower: str, none: str) -> str:
+    """The caller's own sentence for each direction (A higher / A lower / not separable), picked by the claim's
+    direction and recorded with :func:`shown`; returns the sentence."""
+    text = {HIGHER: higher, LOWER: lower, NONE: none}[claim.direction]
+    shown(claim, text)
+    return text
+
+
 def compare_results(a, b, *, record: bool = True) -> Claim:
     """Compare two :class:`course_lib.bench.BenchResult` by per-call latency (lower is better); see :func:`compare`.
 

@@ -112,3 +112,14 @@ def test_lesson4_matmul_compare_is_audited_like_every_claim(monkeypatch):
     assert [r["sentence"] for r in recs] == [text, text_noisy]
     assert recs[0]["direction"] == claims.HIGHER and recs[1]["direction"] == claims.NONE
     assert all(claims.audit(r) is None for r in recs)
+
+
+def test_worded_picks_the_callers_sentence_by_direction_and_records_it(monkeypatch):
+    monkeypatch.setattr(claims, "_claims", [])
+    up = claims.compare_spreads("A", (20, 21, 22), "B", (10, 11, 12), record=False)
+    down = claims.compare_spreads("A", (10, 11, 12), "B", (20, 21, 22), record=False)
+    flat = claims.compare_spreads("A", (10, 15, 20), "B", (12, 14, 22), record=False)
+    words = dict(higher="up", lower="down", none="flat")
+    assert [claims.worded(c, **words) for c in (up, down, flat)] == ["up", "down", "flat"]
+    assert [r["sentence"] for r in claims.recorded()] == ["up", "down", "flat"]
+    assert all(claims.audit(r) is None for r in claims.recorded())

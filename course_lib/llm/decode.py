@@ -212,11 +212,6 @@ def versus(table, v: str, base: str, lo: str = "p10", hi: str = "p90", faster: s
     course run's audit checks it like every other comparison."""
     c = claims.compare_spreads(v, (table.loc[v, lo], table.loc[v, hi]), base, (table.loc[base, lo], table.loc[base, hi]),
                                higher_is_better=True, better=faster, worse=slower, record=False)
-    if c.direction == claims.HIGHER:
-        text = f"{faster} than {base}: the p10–p90 spreads do not overlap"
-    elif c.direction == claims.LOWER:
-        text = f"{slower} than {base}: the p10–p90 spreads do not overlap"
-    else:
-        text = f"not separable from {base} here: the p10–p90 spreads overlap"
-    claims.shown(c, text)
-    return text
+    return claims.worded(c, higher=f"{faster} than {base}: the p10–p90 spreads do not overlap",
+                         lower=f"{slower} than {base}: the p10–p90 spreads do not overlap",
+                         none=f"not separable from {base} here: the p10–p90 spreads overlap")

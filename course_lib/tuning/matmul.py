@@ -207,14 +207,10 @@ def compare(before, after) -> str:
                                    getattr(before, "name", "before"), (lo_b, gflops(before), hi_b),
                                    n_a=len(after.times_s), n_b=len(before.times_s), higher_is_better=True,
                                    quantity="GFLOP/s", better="faster", worse="slower", record=False)
-    if claim.direction == claims.HIGHER:
-        text = f"{spread}: {ratio:.2f}× faster, outside the run-to-run spread"
-    elif claim.direction == claims.LOWER:
-        text = f"{spread}: {1 / ratio:.2f}× slower, outside the run-to-run spread"
-    else:
-        text = f"{spread}: ×{ratio:.2f}, within the run-to-run spread (the p10–p90 ranges overlap; another run can flip it)"
-    claims.shown(claim, text)
-    return text
+    return claims.worded(claim, higher=f"{spread}: {ratio:.2f}× faster, outside the run-to-run spread",
+                         lower=f"{spread}: {1 / ratio:.2f}× slower, outside the run-to-run spread",
+                         none=f"{spread}: ×{ratio:.2f}, within the run-to-run spread (the p10–p90 ranges overlap; "
+                         "another run can flip it)")
 
 
 def time_interleaved(kernels: dict, data: MatmulData, rounds: int = 10, number: int = 3, target=None) -> dict:
