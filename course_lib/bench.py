@@ -139,6 +139,72 @@ def time_calls(fn: Callable[[], object], repeat: int, *, cuda: bool = False,
     return times
 
 
+def _thread_cpu_ns() -> dict[int, int] | None:
+    """CPU time (ns) each thread of this process has run so far, from ``/proc/self/task/*/schedstat``; None off Linux."""
+    import os
+
+    base = "/proc/self/task"
+    try:
+        tids = os.listdir(base)
+    except OSError:
+        return None
+    out = {}
+    for tid in tids:
+        try:
+            with open(f"{base}/{tid}/schedstat") as f:
+                out[int(tid)] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):  # a thread that just ended, or no schedstat in this kernel
+            continue
+    return out or None
+
+
+def settle(window_s: float = 0.02, timeout_s: float = 1.0, fallback_s: float = 0.2) -> bool:
+    """Wait until no other thread of this process is burning CPU; True once they are idle, False on ``timeout_s``.
+
+    Thread-pool runtimes keep their worker threads *spinning* for a while after a parallel call so the next call
+    starts fast: TVM's pool (``TVM_THREAD_POOL_SPIN_COUNT``; ≈0.14 s measured on CI's CPU), torch's OpenMP
+    (``OMP_WAIT_POLICY``/``GOMP_SPINCOUNT``), onnxruntime's intra-op pool. Timing one runtime right after another in
+    the same process then measures both: the spinning workers hold cores the timed kernel needs. Call this before
+    each timed sample of *another* runtime; it waits for a state (the other threads' CPU time stops growing over
+    ``window_s``, two scheduler ticks at 100 Hz), not a fixed duration. Off Linux (no per-thread CPU times) it sleeps ``fallback_s``.
+    """
+    import threading
+
+    me = threading.get_native_id()
+    before = _thread_cpu_ns()
+    if before is None:
+        time.sleep(fallback_s)
+        return True
+    deadline = time.monotonic() + timeout_s
+    while True:
+        time.sleep(window_s)
+        after = _thread_cpu_ns() or {}
+        busy_ns = sum(ns - before.get(tid, ns) for tid, ns in after.items() if tid != me)
+        if busy_ns < 0.2 * window_s * 1e9:  # the other threads ran < 20 % of one core over the window: idle
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        before = after
+
+
+def spin_after(fn: Callable[[], object], window_s: float = 0.3) -> float | None:
+    """Call ``fn``, then return how many ms of CPU the process's *other* threads burn over the next ``window_s``.
+
+    A thread-pool runtime whose workers sleep at once shows ≈0; one that spins before sleeping shows its spin time
+    (summed over workers). None off Linux (no per-thread CPU times). Notebook 04 measures TVM and torch with it.
+    """
+    import threading
+
+    fn()
+    me = threading.get_native_id()
+    before = _thread_cpu_ns()
+    if before is None:
+        return None
+    time.sleep(window_s)
+    after = _thread_cpu_ns() or {}
+    return sum(ns - before.get(tid, ns) for tid, ns in after.items() if tid != me) / 1e6
+
+
 def benchmark(
     fn: Callable[[], object],
     *,

@@ -40,6 +40,24 @@ def physical_cores() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
+def pool_env(threads: int | None = None) -> dict[str, str]:
+    """Set what TVM reads when its CPU thread pool starts (the first parallel kernel); returns those variables.
+
+    * ``TVM_NUM_THREADS`` = ``threads`` (default: the physical cores). Unset, TVM takes *half* the logical CPUs.
+    * ``TVM_BIND_THREADS=0`` unless the user set it. By default TVM pins each worker thread to a core but not the
+      calling thread, which runs a share of every parallel loop too; when the scheduler puts the caller on a pinned
+      worker's core, two shares run on one core and the kernel takes twice as long until the caller is moved (on
+      CI's 2 cores: the same tuned matmul at 113 vs 227 GFLOP/s, depending on where the caller sat). Unpinned, the
+      OS places both. MetaSchedule's runner processes inherit both variables, so tuning measures the same setup.
+    """
+    if threads:
+        os.environ["TVM_NUM_THREADS"] = str(int(threads))
+    else:
+        os.environ.setdefault("TVM_NUM_THREADS", str(physical_cores()))
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
+    return {k: os.environ[k] for k in ("TVM_NUM_THREADS", "TVM_BIND_THREADS")}
+
+
 def host_target(num_cores: int | None = None):
     """A ``tvm.target.Target`` for this CPU: ``{"kind": "llvm", "mcpu": <detected>, "num-cores": n}``.
 

@@ -159,3 +159,47 @@ def test_compare_results_names_a_direction_only_when_spreads_separate():
     assert str(claims.compare_results(fast, slow, record=False)).startswith("fast was faster than slow here")
     assert str(claims.compare_results(slow, fast, record=False)).startswith("slow was slower than fast here")
     assert "not separable here" in str(claims.compare_results(fast, overlapping, record=False))
+
+
+def _busy_thread():
+    """A thread that burns one core (hashing releases the GIL) until its event is set."""
+    import hashlib
+    import threading
+
+    stop, blob = threading.Event(), b"x" * (1 << 20)
+
+    def run():
+        while not stop.is_set():
+            hashlib.sha256(blob).digest()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return stop, t
+
+
+def test_settle_waits_until_the_other_threads_stop_burning_cpu():
+    if bench._thread_cpu_ns() is None:  # off Linux: no per-thread CPU times, a plain sleep instead
+        assert bench.settle(fallback_s=0.01) is True and bench.spin_after(lambda: None) is None
+        return
+    stop, t = _busy_thread()
+    try:
+        assert bench.settle(timeout_s=0.2) is False  # a thread still running: never called idle
+        burned = bench.spin_after(lambda: None, window_s=0.2)
+        assert burned > 0.2 * 200  # ms: the busy thread ran while we waited (a loaded box still gives it > 20 %)
+    finally:
+        stop.set()
+        t.join()
+    assert bench.settle(timeout_s=5.0) is True  # the state it waits for: nobody else is running
+
+
+def test_pool_env_sets_tvm_threads_and_unpins_unless_the_user_chose(monkeypatch):
+    from course_lib import tvmtools
+
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    monkeypatch.delenv("TVM_BIND_THREADS", raising=False)
+    assert tvmtools.pool_env(3) == {"TVM_NUM_THREADS": "3", "TVM_BIND_THREADS": "0"}
+    monkeypatch.setenv("TVM_BIND_THREADS", "1")  # a user's choice is kept
+    monkeypatch.setenv("TVM_NUM_THREADS", "5")
+    assert tvmtools.pool_env() == {"TVM_NUM_THREADS": "5", "TVM_BIND_THREADS": "1"}
+    monkeypatch.delenv("TVM_NUM_THREADS")
+    assert tvmtools.pool_env()["TVM_NUM_THREADS"] == str(tvmtools.physical_cores())

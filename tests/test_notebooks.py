@@ -134,6 +134,9 @@ def relations(recorded: dict) -> list[str]:
         names = (f"l3.decode_speedup_{fmt}_fast", f"l3.tokens_per_s_{fmt}_fast", "l3.tokens_per_s_fp32_interleaved")
         if all(n in v for n in names) and abs(v[names[0]] * v[names[2]] / v[names[1]] - 1) > 1e-9:
             bad.append(f"lesson 3: {names[0]} = {v[names[0]]:.4g} is not {names[1]} / {names[2]}")
+    names = ("l4.metaschedule_vs_torch", "l4.gflops_metaschedule", "l4.gflops_torch")  # one torch timing, not two
+    if all(n in v for n in names) and abs(v[names[0]] * v[names[2]] / v[names[1]] - 1) > 1e-4:
+        bad.append(f"lesson 4: {names[0]} = {v[names[0]]:.4g} is not {names[1]} / {names[2]}")
     if all(k in v for k in ("l5.map_fp32", "l5.map_int8_sensitive", "l5.map_onnx_int8")):
         fp, sens, onnx = v["l5.map_fp32"], v["l5.map_int8_sensitive"], v["l5.map_onnx_int8"]
         if sens < fp - 0.02 or abs(onnx - sens) > 0.01:
@@ -245,6 +248,10 @@ def test_relations_catch_a_broken_perplexity_order():
     assert relations({**good, **rates, "l3.decode_speedup_int8_fast": {"value": 23.0 / 14.0, "unit": ""}}) == []
     wrong = relations({**good, **rates, "l3.decode_speedup_int8_fast": {"value": 23.0 / 13.0, "unit": ""}})
     assert wrong and "is not l3.tokens_per_s_int8_fast" in wrong[0]
+    l4 = {"l4.gflops_metaschedule": {"value": 200.0, "unit": ""}, "l4.gflops_torch": {"value": 190.0, "unit": ""}}
+    assert relations({**good, **l4, "l4.metaschedule_vs_torch": {"value": 200.0 / 190.0, "unit": ""}}) == []
+    two_timings = relations({**good, **l4, "l4.metaschedule_vs_torch": {"value": 200.0 / 180.0, "unit": ""}})
+    assert two_timings and "l4.metaschedule_vs_torch" in two_timings[0]
 
 
 def test_bands_flag_values_outside_and_accept_values_inside():

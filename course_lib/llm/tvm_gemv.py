@@ -67,7 +67,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from course_lib.tvmtools import DatabaseError, committed_dir, compile_from_database, host_target, load_database, physical_cores, require_tvm
+from course_lib.tvmtools import DatabaseError, committed_dir, compile_from_database, host_target, load_database, physical_cores, pool_env, require_tvm
 
 SUPPORTED_BITS = (4, 8)
 SMOLLM2_SHAPES = ((960, 576), (576, 576), (1536, 576), (576, 1536), (49152, 576))  # (out, in): W_pack … lm_head
@@ -211,8 +211,7 @@ _POOL: list[int | None] = [None]  # the pool size we last set (None: TVM's own, 
 
 def default_pool_size() -> int:
     """The pool size TVM starts with here: ``TVM_NUM_THREADS`` (set to the physical cores unless the user set it)."""
-    os.environ.setdefault("TVM_NUM_THREADS", str(physical_cores()))
-    return int(os.environ["TVM_NUM_THREADS"])
+    return int(pool_env()["TVM_NUM_THREADS"])  # keeps a user's TVM_NUM_THREADS; unpins TVM's workers
 
 
 def pool_size() -> int:

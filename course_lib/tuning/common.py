@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from course_lib.tvmtools import host_cpu, host_target, physical_cores, require_tvm  # noqa: F401,E402 (shared with lesson 3)
+from course_lib.tvmtools import host_cpu, host_target, physical_cores, pool_env, require_tvm  # noqa: F401,E402 (shared with lesson 3)
 
 
 # --------------------------------------------------------------------------------------------

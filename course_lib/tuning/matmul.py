@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from course_lib import claims
+from course_lib import bench, claims
 from course_lib.tuning.common import host_target, matmul_flops, require_tvm, time_kernel
 
 STEPS = ("naive", "split", "reorder", "vectorize", "parallel")
@@ -136,9 +136,14 @@ def run_and_check(lib, data: MatmulData, rtol: float = 1e-4, atol: float = 1e-4)
 
 
 def gflops_of(lib, data: MatmulData, number: int = 3, repeat: int = 3, name: str = "tvm"):
-    """Time a compiled matmul with ``time_evaluator``; a :class:`course_lib.bench.BenchResult` in FLOP units."""
+    """Time a compiled matmul with ``time_evaluator``; a :class:`course_lib.bench.BenchResult` in FLOP units.
+
+    Like :func:`numpy_bench` and :func:`torch_bench` it first waits for other runtimes' spinning threads
+    (:func:`course_lib.bench.settle`), so a kernel is not charged for the one timed before it.
+    """
     from course_lib.bench import BenchResult
 
+    bench.settle()
     times = time_kernel(lib, data.args, number=number, repeat=repeat)
     return BenchResult(name=name, times_s=times, items=matmul_flops(*data.shape), unit="FLOP", warmup=1)
 
@@ -153,6 +158,7 @@ def numpy_bench(data: MatmulData, repeat: int = 10):
     from course_lib.bench import benchmark
 
     a, b = data.a, data.b
+    bench.settle()  # TVM's workers spin ~0.1 s after a kernel: not numpy's time
     return benchmark(lambda: a @ b, name="numpy (BLAS)", items=matmul_flops(*data.shape), unit="FLOP", repeat=repeat)
 
 
@@ -163,6 +169,7 @@ def torch_bench(data: MatmulData, repeat: int = 10):
     from course_lib.bench import benchmark
 
     a, b = torch.from_numpy(data.a), torch.from_numpy(data.b)
+    bench.settle()
     with torch.no_grad():
         return benchmark(lambda: a @ b, name="torch.matmul", items=matmul_flops(*data.shape), unit="FLOP", repeat=repeat)
 
@@ -213,7 +220,8 @@ def compare(before, after) -> str:
                          "another run can flip it)")
 
 
-def time_interleaved(kernels: dict, data: MatmulData, rounds: int = 10, number: int = 3, target=None) -> dict:
+def time_interleaved(kernels: dict, data: MatmulData, rounds: int = 10, number: int = 3, target=None,
+                     settle: bool = True) -> dict:
     """Time several matmul implementations in alternating rounds, so every one sees the same machine load.
 
     ``kernels`` maps a name to an ``s_tir.Schedule`` (built, checked against numpy, timed with TVM's
@@ -221,6 +229,11 @@ def time_interleaved(kernels: dict, data: MatmulData, rounds: int = 10, number: 
     with ``time.perf_counter``). Each round times ``number`` calls of every kernel in turn and keeps their mean: one
     sample per round, the same rule for all. Returns ``{name: FLOP-unit BenchResult}`` with ``rounds`` samples each;
     ratios between them use one measurement of each (never a reference timed at another moment).
+
+    With ``settle`` (the default) each sample starts once the other runtime's worker threads have stopped spinning
+    (:func:`course_lib.bench.settle`): TVM's pool and torch's OpenMP keep spinning after a call, and a kernel timed
+    right after the other runtime shares its cores with them (notebook 04 measures how much). Every sample then makes
+    one untimed call first (a first call after an idle pause is slow: its threads are asleep).
     """
     import time
 
@@ -240,6 +253,7 @@ def time_interleaved(kernels: dict, data: MatmulData, rounds: int = 10, number: 
             fn = (lambda: ta @ tb) if k == "torch" else (lambda: data.a @ data.b)
 
             def timed(fn=fn):
+                fn()  # untimed, like time_evaluator's first call: wakes this runtime's threads after the settle
                 t0 = time.perf_counter()
                 for _ in range(number):
                     fn()
@@ -253,7 +267,7 @@ def time_interleaved(kernels: dict, data: MatmulData, rounds: int = 10, number: 
             mod = lib.mod if hasattr(lib, "mod") else lib
             ev = mod.time_evaluator("main", require_tvm().cpu(), number=number, repeat=1)
 
-            def timed(ev=ev):
+            def timed(ev=ev):  # time_evaluator makes one untimed call before its timed ones
                 return float(ev(*data.args).results[0])
 
         calls[name] = timed
@@ -261,6 +275,8 @@ def time_interleaved(kernels: dict, data: MatmulData, rounds: int = 10, number: 
     with torch.no_grad():
         for _ in range(rounds):
             for name, timed in calls.items():
+                if settle:
+                    bench.settle()
                 times[name].append(timed())
     return {name: BenchResult(name=name, times_s=t, items=flop, unit="FLOP", warmup=1) for name, t in times.items()}
 
