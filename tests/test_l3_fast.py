@@ -399,15 +399,18 @@ def test_fast_layers_take_the_thread_count_measured_here(monkeypatch, tmp_path):
         torch.set_num_threads(old)
 
 
-def test_sessions_do_not_spin_between_calls():
-    """Every lesson-3 onnxruntime session (layer and whole graph) keeps allow_spinning=0."""
+def test_layer_sessions_do_not_spin_and_the_graph_session_does():
+    """A FastLinear session hands back to torch after one operator: allow_spinning=0. The one-graph decoder runs a
+    whole token in one session: its threads spin between operators unless asked not to."""
     from course_lib.llm.convert import from_llama, tiny_llama
     from course_lib.llm.onnx_decode import GraphDecoder
 
     layer = fast.FastLinear(torch.zeros(32, 64, dtype=torch.int8), torch.ones(32), 8, None, threads=1)
-    graph = GraphDecoder(from_llama(tiny_llama()).quantize(8, kernel="fast"), threads=1)
-    for sess in (layer.session, graph.session):
-        assert sess.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    model = from_llama(tiny_llama()).quantize(8, kernel="fast")
+    graph, sleepy = GraphDecoder(model, threads=1), GraphDecoder(model, threads=1, spin=False)
+    spinning = lambda sess: sess.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")  # noqa: E731
+    assert spinning(layer.session) == "0" and spinning(sleepy.session) == "0"  # torch runs between FastLinear calls
+    assert spinning(graph.session) == "1"  # one session runs every operator of a token
 
 
 def test_decode_variants_follow_the_group_size():
@@ -415,6 +418,7 @@ def test_decode_variants_follow_the_group_size():
 
     v = decode.variants_for(32)
     assert v["int4g fast"].group_size == 32 and v["int4g graph + int8 head"].group_size == 32
+    assert v["int8 graph + head"].spin and not v["int8 graph + head, no spin"].spin
     assert decode.OURS["int4g fast"].group_size == 64
     assert not hasattr(decode, "time_generation")
     with pytest.raises(ValueError, match="unknown variant"):

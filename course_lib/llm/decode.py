@@ -27,6 +27,7 @@ class Variant:
     kernel: str = "reference"
     lm_head: bool | int = False  # True: the head in the same format; 8: the head in int8 per-row
     graph: bool = False  # True: the whole decoding step as one onnxruntime graph (course_lib.llm.onnx_decode)
+    spin: bool = True  # graph only: onnxruntime's threads spin between operators (False: they sleep)
 
     def build(self, fp_model):
         """A quantized copy of ``fp_model`` (the float model itself for bits=None), or its one-graph decoder."""
@@ -36,7 +37,7 @@ class Variant:
         if self.graph:
             from course_lib.llm.onnx_decode import GraphDecoder
 
-            return GraphDecoder(model)
+            return GraphDecoder(model, spin=self.spin)
         return model
 
 
@@ -54,6 +55,7 @@ def variants_for(group_size: int = 64) -> dict[str, Variant]:
         "int4g fast + int8 head": Variant("int4g fast + int8 head", 4, g, "fast", lm_head=8),
         "fp32 graph": Variant("fp32 graph", graph=True),
         "int8 graph + head": Variant("int8 graph + head", 8, None, "fast", lm_head=True, graph=True),
+        "int8 graph + head, no spin": Variant("int8 graph + head, no spin", 8, None, "fast", lm_head=True, graph=True, spin=False),
         "int4g graph + int8 head": Variant("int4g graph + int8 head", 4, g, "fast", lm_head=8, graph=True),
     }
 
@@ -97,7 +99,9 @@ def interleaved(fp_model, variants, prompt_ids, new_tokens: int, warmup: int, re
     """[(bench result, MB per token)] of each variant, timed in interleaved rounds (one generation of each per round).
 
     On a shared machine a burst of other work lands on whichever variant is being timed; interleaving spreads
-    it over all of them instead of handicapping one, so the ratios between variants stay fair.
+    it over all of them instead of handicapping one, so the ratios between variants stay fair. Each generation starts
+    once the other threads of this process are idle (:func:`course_lib.bench.settle`): one variant's spinning thread
+    pool must not slow the next one down.
     """
     from course_lib.llm import roofline
 
@@ -119,6 +123,7 @@ def interleaved(fp_model, variants, prompt_ids, new_tokens: int, warmup: int, re
     times = {v.name: [] for v, _ in runs}
     for i in hw.progress(range(warmup + repeat), desc="decoding rounds", disable=not progress):
         for v, run in runs:
+            bench.settle()  # the previous variant's runtime (onnxruntime, OpenMP) may still spin on the cores
             t = bench.time_calls(run, 1)
             if i >= warmup:
                 times[v.name] += t

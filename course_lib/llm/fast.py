@@ -81,16 +81,21 @@ def to_matmulnbits(q: torch.Tensor, scale: torch.Tensor, bits: int, block: int) 
     return b.contiguous().numpy(), s.contiguous().reshape(-1).numpy()
 
 
-def session_options(threads: int):
-    """onnxruntime options of every lesson-3 session: ``threads`` intra-op threads that do not spin between calls."""
+def session_options(threads: int, spin: bool = False):
+    """onnxruntime options of every lesson-3 session: ``threads`` intra-op threads; ``spin``: may they spin when idle?
+
+    onnxruntime's default lets idle pool threads spin, waiting for the next parallel operator. A ``FastLinear``
+    session runs one operator and hands back to torch, whose own threads then need the cores: no spinning
+    (``spin=False``). A whole decoding step in one session (:class:`course_lib.llm.onnx_decode.GraphDecoder`) runs
+    hundreds of operators back to back; there spinning saves a thread wake-up per operator (``spin=True``).
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    # do not steal the cores from torch between calls (ort's default spins its idle threads)
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return so
 
 

@@ -114,6 +114,7 @@ def tokens_per_second(fmt: str, prompt: str, new_tokens: int = 64, threads: int 
     """bench result of generating ``new_tokens`` greedy tokens (prompt prefill included) with llama.cpp ``fmt``."""
     llm = llm or load(fmt, threads=threads, src=src)
     ids = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+    bench.settle()  # our variants' thread pools, timed before, are idle
     return bench.benchmark(lambda: generate_ids(llm, ids, new_tokens), name=f"llama.cpp {fmt}", items=new_tokens,
                            unit="tokens", warmup=warmup, repeat=repeat, extra={"format": fmt, "threads": threads})
 

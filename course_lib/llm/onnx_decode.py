@@ -159,9 +159,13 @@ def build_decode_graph(model, accuracy_level: int | None = None):
 
 
 class GraphDecoder:
-    """Decoding with one onnxruntime call per token (:func:`build_decode_graph`); ``stream_ids`` like the model's."""
+    """Decoding with one onnxruntime call per token (:func:`build_decode_graph`); ``stream_ids`` like the model's.
 
-    def __init__(self, model, threads: int | None = None, accuracy_level: int | None = None):
+    ``spin=False`` makes its pool threads sleep between operators, like the eager fast path's sessions (notebook 03
+    times both: a token runs ~1,300 operators back to back, each needing its threads awake).
+    """
+
+    def __init__(self, model, threads: int | None = None, accuracy_level: int | None = None, spin: bool = True):
         ort = hw.require("onnxruntime", "llm", what="the whole-graph decoder")
         from course_lib.llm.baichuan import BaichuanForCausalLM
 
@@ -176,7 +180,8 @@ class GraphDecoder:
         self.source_model, self.config = model, model.config  # kept: the bytes per token are counted on it
         proto = build_decode_graph(model, accuracy_level)
         self.threads = int(threads or torch.get_num_threads())
-        so = session_options(self.threads)  # intra-op threads that do not spin between tokens
+        self.spin = bool(spin)  # one session runs every operator of a token: its threads wait for the next one spinning
+        so = session_options(self.threads, spin=self.spin)
         # > 2 GB protobufs cannot be serialized in one piece: larger models would need external data
         self.session = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
