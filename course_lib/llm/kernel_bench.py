@@ -278,6 +278,7 @@ def compare_kernels(shapes=SMOLLM2_SHAPES, formats=((8, None), (4, 64)), candida
                         else:
                             row["schedule"] = getattr(fns[0], "how", "")
                             row["max_err"] = float((fns[0](x).double() - ref[fbits]).abs().max())
+                            bench.settle()  # the previous candidate's thread pool (TVM's spins ~0.15 s) is idle
                             for fn in fns:  # every session and copy runs once before timing (first-run costs)
                                 fn(x)
                             it = iter(range(10**9))
