@@ -54,6 +54,8 @@ contiguous in memory) so that both schedules stream the weights.
 **In a decoding loop.** Swapped into every ``QLinear`` of SmolLM2 (int4 g64) and driven by eager PyTorch with 2
 threads, it generated 3.3–3.9 tokens/s with TVM's pool at 2 threads, and 24 tokens/s with ``TVM_NUM_THREADS=1``
 (measured when this was written): between calls, TVM's worker threads and PyTorch's fight for the same two cores.
+TVM's workers keep spinning for ~0.15 s after each call (``course_lib.bench.spin_after`` measures it; notebook 04
+shows it); ``TVM_THREAD_POOL_SPIN_COUNT=0``, set before TVM's pool starts, makes them sleep at once instead.
 A kernel's per-call time says little until it runs next to everything else the token needs.
 """
 
