@@ -48,9 +48,9 @@ class _Graph:
         self.inits.append(self.numpy_helper.from_array(np.asarray(array), name))
         return name
 
-    def op(self, op_type: str, *inputs: str, outputs: int = 1, domain: str = "", **attrs):
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, domain: str = "", name: str | None = None, **attrs):
         self.n += 1
-        outs = [f"{op_type.lower()}_{self.n}_{i}" for i in range(outputs)]
+        outs = [name] if name else [f"{op_type.lower()}_{self.n}_{i}" for i in range(outputs)]
         self.nodes.append(self.helper.make_node(op_type, list(inputs), outs, domain=domain, **attrs))
         return outs[0] if outputs == 1 else outs
 
@@ -83,10 +83,16 @@ def _heads(g: _Graph, x: str, n_heads: int, head_dim: int) -> str:
 
 
 def _rope(g: _Graph, x: str, cos: str, sin: str, head_dim: int) -> str:
-    """x·cos + rotate_half(x)·sin, rotate_half(x) = [-x2, x1] (the halves of the head dimension)."""
-    x1, x2 = g.op("Split", x, g.const(np.array([head_dim // 2, head_dim // 2])), outputs=2, axis=-1)
-    rotated = g.op("Concat", g.op("Neg", x2), x1, axis=-1)
-    return g.op("Add", g.op("Mul", x, cos), g.op("Mul", rotated, sin))
+    """x·cos + rotate_half(x)·sin, rotate_half(x) = [-x2, x1] (the halves of the head dimension).
+
+    rotate_half is a fixed signed permutation, so it is one ``MatMul`` with a constant ±1 matrix (exact: one non-zero
+    term per output) instead of Split + Neg + Concat: fewer operators per token."""
+    if "rotate_half" not in {t.name for t in g.inits}:
+        half, r = head_dim // 2, np.zeros((head_dim, head_dim), np.float32)
+        r[np.arange(half) + half, np.arange(half)] = -1.0  # out[j] = -x[j + d/2]
+        r[np.arange(half), np.arange(half) + half] = 1.0  # out[j + d/2] = x[j]
+        g.const(r, "rotate_half")
+    return g.op("Add", g.op("Mul", x, cos), g.op("Mul", g.op("MatMul", x, "rotate_half"), sin))
 
 
 def _attention(g: _Graph, x: str, attn: nn.Module, cos: str, sin: str, bias: str, i: int) -> tuple[str, list[str]]:
@@ -94,13 +100,17 @@ def _attention(g: _Graph, x: str, attn: nn.Module, cos: str, sin: str, bias: str
     cfg = attn.cfg
     h, kvh, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     qkv = _linear(g, x, attn.W_pack)
-    q, k, v = g.op("Split", qkv, g.const(np.array([cfg.q_size, cfg.kv_size, cfg.kv_size])), outputs=3, axis=-1)
-    q, k, v = _heads(g, q, h, d), _heads(g, k, kvh, d), _heads(g, v, kvh, d)
-    if cfg.position_embedding == "rope":
-        q, k = _rope(g, q, cos, sin, d), _rope(g, k, cos, sin, d)
-    k = g.op("Concat", f"past_key_{i}", k, axis=2)  # the cache: (1, kv_heads, past + T, d)
-    v = g.op("Concat", f"past_value_{i}", v, axis=2)
-    presents = [g.op("Identity", k), g.op("Identity", v)]
+    if cfg.position_embedding == "rope":  # q and k heads side by side: one RoPE and one Transpose for both
+        qk, v = g.op("Split", qkv, g.const(np.array([cfg.q_size + cfg.kv_size, cfg.kv_size])), outputs=2, axis=-1)
+        qk = _rope(g, g.op("Reshape", qk, g.const(np.array([1, -1, h + kvh, d]))), cos, sin, d)  # (1, T, h + kvh, d)
+        q, k = g.op("Split", g.op("Transpose", qk, perm=[0, 2, 1, 3]), g.const(np.array([h, kvh])), outputs=2, axis=1)
+        v = _heads(g, v, kvh, d)
+    else:
+        q, k, v = g.op("Split", qkv, g.const(np.array([cfg.q_size, cfg.kv_size, cfg.kv_size])), outputs=3, axis=-1)
+        q, k, v = _heads(g, q, h, d), _heads(g, k, kvh, d), _heads(g, v, kvh, d)
+    k = g.op("Concat", f"past_key_{i}", k, axis=2, name=f"present_key_{i}")  # the cache: (1, kv_heads, past + T, d)
+    v = g.op("Concat", f"past_value_{i}", v, axis=2, name=f"present_value_{i}")
+    presents = [k, v]
     # GQA without copying k/v: the q heads sharing a kv head become one group (1, kv_heads, rep, T, d)
     q5 = g.op("Reshape", g.op("Mul", q, g.const(np.float32(1 / math.sqrt(d)))), g.const(np.array([1, kvh, h // kvh, -1, d])))
     k5, v5 = g.op("Unsqueeze", k, g.const(np.array([2]))), g.op("Unsqueeze", v, g.const(np.array([2])))
@@ -137,13 +147,16 @@ def build_decode_graph(model, accuracy_level: int | None = None):
     cfg = model.config
     g = _Graph(FAST_ACCURACY_LEVEL if accuracy_level is None else accuracy_level)
     x = g.op("Gather", g.const(model.model.embed_tokens.weight.detach().float().numpy(), "embed_tokens"), "input_ids")
+    cos, sin = "cos", "sin"
+    if cfg.position_embedding == "rope":  # (T, d) → (T, 1, d): broadcasts over the heads of (1, T, heads, d)
+        shape = g.const(np.array([-1, 1, cfg.head_dim]))
+        cos, sin = g.op("Reshape", "cos", shape), g.op("Reshape", "sin", shape)
     outputs = []
     for i, layer in enumerate(model.model.layers):
-        x, presents = _layer(g, x, layer, "cos", "sin", "bias", i)
-        outputs += [(f"present_key_{i}", presents[0]), (f"present_value_{i}", presents[1])]
+        x, presents = _layer(g, x, layer, cos, sin, "bias", i)  # presents: named present_key_i / present_value_i
+        outputs += presents
     logits = _linear(g, _rms_norm(g, x, model.model.norm), model.lm_head)  # every position: perplexity needs them
-    for name, src in [("logits", logits)] + outputs:  # rename the graph outputs
-        g.nodes.append(g.helper.make_node("Identity", [src], [name]))
+    g.nodes.append(g.helper.make_node("Identity", [logits], ["logits"]))
     f32, kv = TensorProto.FLOAT, ["batch", cfg.num_key_value_heads, "past", cfg.head_dim]
     inputs = [g.helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "T"]),
               g.helper.make_tensor_value_info("cos", f32, ["T", cfg.head_dim]),
@@ -152,7 +165,7 @@ def build_decode_graph(model, accuracy_level: int | None = None):
     for i in range(cfg.num_hidden_layers):
         inputs += [g.helper.make_tensor_value_info(f"past_{kind}_{i}", f32, kv) for kind in ("key", "value")]
     outs = [g.helper.make_tensor_value_info("logits", f32, [1, "T", cfg.vocab_size])]
-    outs += [g.helper.make_tensor_value_info(name, f32, kv[:2] + ["total", cfg.head_dim]) for name, _ in outputs]
+    outs += [g.helper.make_tensor_value_info(name, f32, kv[:2] + ["total", cfg.head_dim]) for name in outputs]
     graph = g.helper.make_graph(g.nodes, "decode_step", inputs, outs, initializer=g.inits)
     return g.helper.make_model(graph, opset_imports=[g.helper.make_opsetid("", OPSET),
                                                      g.helper.make_opsetid("com.microsoft", 1)])
@@ -162,7 +175,7 @@ class GraphDecoder:
     """Decoding with one onnxruntime call per token (:func:`build_decode_graph`); ``stream_ids`` like the model's.
 
     ``spin=False`` makes its pool threads sleep between operators, like the eager fast path's sessions (notebook 03
-    times both: a token runs ~1,300 operators back to back, each needing its threads awake).
+    times both: a token runs about a thousand operators back to back, each needing its threads awake).
     """
 
     def __init__(self, model, threads: int | None = None, accuracy_level: int | None = None, spin: bool = True):
