@@ -158,6 +158,14 @@ def _thread_cpu_ns() -> dict[int, int] | None:
     return out or None
 
 
+def _others_ns(before: dict[int, int], after: dict[int, int]) -> int:
+    """CPU ns the threads other than the calling one ran between two :func:`_thread_cpu_ns` snapshots."""
+    import threading
+
+    me = threading.get_native_id()
+    return sum(ns - before.get(tid, ns) for tid, ns in after.items() if tid != me)
+
+
 def settle(window_s: float = 0.02, timeout_s: float = 1.0, fallback_s: float = 0.2) -> bool:
     """Wait until no other thread of this process is burning CPU; True once they are idle, False on ``timeout_s``.
 
@@ -168,9 +176,6 @@ def settle(window_s: float = 0.02, timeout_s: float = 1.0, fallback_s: float = 0
     each timed sample of *another* runtime; it waits for a state (the other threads' CPU time stops growing over
     ``window_s``, two scheduler ticks at 100 Hz), not a fixed duration. Off Linux (no per-thread CPU times) it sleeps ``fallback_s``.
     """
-    import threading
-
-    me = threading.get_native_id()
     before = _thread_cpu_ns()
     if before is None:
         time.sleep(fallback_s)
@@ -179,8 +184,7 @@ def settle(window_s: float = 0.02, timeout_s: float = 1.0, fallback_s: float = 0
     while True:
         time.sleep(window_s)
         after = _thread_cpu_ns() or {}
-        busy_ns = sum(ns - before.get(tid, ns) for tid, ns in after.items() if tid != me)
-        if busy_ns < 0.2 * window_s * 1e9:  # the other threads ran < 20 % of one core over the window: idle
+        if _others_ns(before, after) < 0.2 * window_s * 1e9:  # the other threads ran < 20 % of one core over the window: idle
             return True
         if time.monotonic() >= deadline:
             return False
@@ -193,16 +197,12 @@ def spin_after(fn: Callable[[], object], window_s: float = 0.3) -> float | None:
     A thread-pool runtime whose workers sleep at once shows ≈0; one that spins before sleeping shows its spin time
     (summed over workers). None off Linux (no per-thread CPU times). Notebook 04 measures TVM and torch with it.
     """
-    import threading
-
     fn()
-    me = threading.get_native_id()
     before = _thread_cpu_ns()
     if before is None:
         return None
     time.sleep(window_s)
-    after = _thread_cpu_ns() or {}
-    return sum(ns - before.get(tid, ns) for tid, ns in after.items() if tid != me) / 1e6
+    return _others_ns(before, _thread_cpu_ns() or {}) / 1e6
 
 
 def benchmark(

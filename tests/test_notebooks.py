@@ -130,13 +130,14 @@ def relations(recorded: dict) -> list[str]:
         elif fast / ref - 1 > q8 / f32 - 1 + 2 * se:
             bad.append(f"lesson 3: {fmt} fast perplexity {fast:.3f} is {fast / ref - 1:+.2%} from the reference {ref:.3f}, "
                        f"more than llama.cpp's Q8_0 change {q8 / f32 - 1:+.2%} + 2 × {se:.2%} (standard error) on the same windows")
-    for fmt in ("int8", "int4g"):  # a speed-up is the fast rate over the fp32 timed in the same interleaved rounds
-        names = (f"l3.decode_speedup_{fmt}_fast", f"l3.tokens_per_s_{fmt}_fast", "l3.tokens_per_s_fp32_interleaved")
-        if all(n in v for n in names) and abs(v[names[0]] * v[names[2]] / v[names[1]] - 1) > 1e-9:
-            bad.append(f"lesson 3: {names[0]} = {v[names[0]]:.4g} is not {names[1]} / {names[2]}")
-    names = ("l4.metaschedule_vs_torch", "l4.gflops_metaschedule", "l4.gflops_torch")  # one torch timing, not two
-    if all(n in v for n in names) and abs(v[names[0]] * v[names[2]] / v[names[1]] - 1) > 1e-4:
-        bad.append(f"lesson 4: {names[0]} = {v[names[0]]:.4g} is not {names[1]} / {names[2]}")
+    # a ratio a lesson records is the quotient of the two rates it records, timed in the same interleaved rounds
+    # (lesson 3: the fast rate over the fp32 of those rounds; lesson 4: one torch timing, not two)
+    ratios = [("lesson 3", 1e-9, (f"l3.decode_speedup_{fmt}_fast", f"l3.tokens_per_s_{fmt}_fast",
+                                  "l3.tokens_per_s_fp32_interleaved")) for fmt in ("int8", "int4g")]
+    ratios.append(("lesson 4", 1e-4, ("l4.metaschedule_vs_torch", "l4.gflops_metaschedule", "l4.gflops_torch")))
+    for lesson, tol, names in ratios:
+        if all(n in v for n in names) and abs(v[names[0]] * v[names[2]] / v[names[1]] - 1) > tol:
+            bad.append(f"{lesson}: {names[0]} = {v[names[0]]:.4g} is not {names[1]} / {names[2]}")
     if all(k in v for k in ("l5.map_fp32", "l5.map_int8_sensitive", "l5.map_onnx_int8")):
         fp, sens, onnx = v["l5.map_fp32"], v["l5.map_int8_sensitive"], v["l5.map_onnx_int8"]
         if sens < fp - 0.02 or abs(onnx - sens) > 0.01:

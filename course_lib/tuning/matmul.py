@@ -141,11 +141,9 @@ def gflops_of(lib, data: MatmulData, number: int = 3, repeat: int = 3, name: str
     Like :func:`numpy_bench` and :func:`torch_bench` it first waits for other runtimes' spinning threads
     (:func:`course_lib.bench.settle`), so a kernel is not charged for the one timed before it.
     """
-    from course_lib.bench import BenchResult
-
     bench.settle()
     times = time_kernel(lib, data.args, number=number, repeat=repeat)
-    return BenchResult(name=name, times_s=times, items=matmul_flops(*data.shape), unit="FLOP", warmup=1)
+    return bench.BenchResult(name=name, times_s=times, items=matmul_flops(*data.shape), unit="FLOP", warmup=1)
 
 
 def gflops(result) -> float:
@@ -155,11 +153,9 @@ def gflops(result) -> float:
 
 def numpy_bench(data: MatmulData, repeat: int = 10):
     """numpy's BLAS matmul on the same inputs, timed with :func:`course_lib.bench.benchmark`."""
-    from course_lib.bench import benchmark
-
     a, b = data.a, data.b
-    bench.settle()  # TVM's workers spin ~0.1 s after a kernel: not numpy's time
-    return benchmark(lambda: a @ b, name="numpy (BLAS)", items=matmul_flops(*data.shape), unit="FLOP", repeat=repeat)
+    bench.settle()  # TVM's workers spin ~0.15 s after a kernel: not numpy's time
+    return bench.benchmark(lambda: a @ b, name="numpy (BLAS)", items=matmul_flops(*data.shape), unit="FLOP", repeat=repeat)
 
 
 def torch_bench(data: MatmulData, repeat: int = 10):
@@ -171,7 +167,7 @@ def torch_bench(data: MatmulData, repeat: int = 10):
     a, b = torch.from_numpy(data.a), torch.from_numpy(data.b)
     bench.settle()
     with torch.no_grad():
-        return benchmark(lambda: a @ b, name="torch.matmul", items=matmul_flops(*data.shape), unit="FLOP", repeat=repeat)
+        return bench.benchmark(lambda: a @ b, name="torch.matmul", items=matmul_flops(*data.shape), unit="FLOP", repeat=repeat)
 
 
 def loop_nest(sch, max_chars: int = 1500) -> str:
@@ -194,10 +190,8 @@ def check_and_time(sch, data: MatmulData, name: str, number: int = 3, repeat: in
 
 def gflops_range(result) -> tuple[float, float]:
     """(low, high) GFLOP/s of a FLOP-unit BenchResult: at its p90 time and at its p10 time (the run-to-run spread)."""
-    from course_lib.bench import percentile
-
     flop = result.items
-    return flop / percentile(result.times_s, 90) / 1e9, flop / percentile(result.times_s, 10) / 1e9
+    return flop / bench.percentile(result.times_s, 90) / 1e9, flop / bench.percentile(result.times_s, 10) / 1e9
 
 
 def compare(before, after) -> str:
@@ -220,8 +214,7 @@ def compare(before, after) -> str:
                          "another run can flip it)")
 
 
-def time_interleaved(kernels: dict, data: MatmulData, rounds: int = 10, number: int = 3, target=None,
-                     settle: bool = True) -> dict:
+def time_interleaved(kernels: dict, data: MatmulData, rounds: int = 10, number: int = 3, target=None) -> dict:
     """Time several matmul implementations in alternating rounds, so every one sees the same machine load.
 
     ``kernels`` maps a name to an ``s_tir.Schedule`` (built, checked against numpy, timed with TVM's
@@ -230,7 +223,7 @@ def time_interleaved(kernels: dict, data: MatmulData, rounds: int = 10, number: 
     sample per round, the same rule for all. Returns ``{name: FLOP-unit BenchResult}`` with ``rounds`` samples each;
     ratios between them use one measurement of each (never a reference timed at another moment).
 
-    With ``settle`` (the default) each sample starts once the other runtime's worker threads have stopped spinning
+    Each sample starts once the other runtime's worker threads have stopped spinning
     (:func:`course_lib.bench.settle`): TVM's pool and torch's OpenMP keep spinning after a call, and a kernel timed
     right after the other runtime shares its cores with them (notebook 04 measures how much). Every sample then makes
     one untimed call first (a first call after an idle pause is slow: its threads are asleep).
@@ -238,8 +231,6 @@ def time_interleaved(kernels: dict, data: MatmulData, rounds: int = 10, number: 
     import time
 
     import torch
-
-    from course_lib.bench import BenchResult
 
     if rounds < 1 or number < 1:
         raise ValueError(f"rounds and number must be >= 1, got {rounds} and {number}")
@@ -275,10 +266,9 @@ def time_interleaved(kernels: dict, data: MatmulData, rounds: int = 10, number: 
     with torch.no_grad():
         for _ in range(rounds):
             for name, timed in calls.items():
-                if settle:
-                    bench.settle()
+                bench.settle()
                 times[name].append(timed())
-    return {name: BenchResult(name=name, times_s=t, items=flop, unit="FLOP", warmup=1) for name, t in times.items()}
+    return {name: bench.BenchResult(name=name, times_s=t, items=flop, unit="FLOP", warmup=1) for name, t in times.items()}
 
 
 def separated(a, b) -> bool:
