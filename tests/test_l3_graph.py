@@ -21,10 +21,12 @@ def _model(bits=None, group_size=None, kernel="reference", lm_head=False, seed=0
     return m.quantize(bits, group_size, kernel=kernel, lm_head=lm_head) if bits else m
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["GroupQueryAttention", "readable ops"])
 @pytest.mark.parametrize("bits,group_size,lm_head", [(None, None, False), (8, None, True), (4, 32, 8), (4, None, False)])
-def test_graph_float_compute_matches_the_reference_path(bits, group_size, lm_head):
+def test_graph_float_compute_matches_the_reference_path(bits, group_size, lm_head, fused):
     model = _model(bits, group_size, lm_head=lm_head)
-    dec = onnx_decode.GraphDecoder(model, accuracy_level=0)
+    dec = onnx_decode.GraphDecoder(model, accuracy_level=0, fused_attention=fused)
+    assert dec.fused_attention is fused
     ids = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full = model(ids).logits
@@ -36,6 +38,10 @@ def test_graph_float_compute_matches_the_reference_path(bits, group_size, lm_hea
             logits, past = dec.step(ids[:, t:t + 1], past)
             assert (logits - full[0, t]).abs().max() <= EXACT_ATOL
         assert past[0].shape == (1, model.config.num_key_value_heads, 9, model.config.head_dim)
+        # several new tokens after a cache (a chunked prompt): positions and the causal mask continue from the cache
+        logits, chunk = dec.step(ids[:, 5:9], dec.step(ids[:, :5])[1])
+        assert (logits - full[0, 8]).abs().max() <= EXACT_ATOL
+        assert all((a - b).abs().max() <= EXACT_ATOL for a, b in zip(map(torch.from_numpy, chunk), map(torch.from_numpy, past)))
         assert list(dec.stream_ids(ids, 6)) == list(model.stream_ids(ids, 6))
         # sampling runs the model's own loop: the same seed draws the same tokens (chat's settings)
         chat = dict(do_sample=True, temperature=0.7, top_k=5, top_p=0.9, repetition_penalty=1.1)
@@ -45,11 +51,40 @@ def test_graph_float_compute_matches_the_reference_path(bits, group_size, lm_hea
 
 def test_graph_int8_compute_matches_the_fast_path():
     model = _model(4, 32, kernel="fast", lm_head=8)
-    dec = onnx_decode.GraphDecoder(model)
+    fused, ops = onnx_decode.GraphDecoder(model), onnx_decode.GraphDecoder(model, fused_attention=False)
+    assert fused.fused_attention and not ops.fused_attention  # RoPE model: GroupQueryAttention by default
     ids = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = model(ids).logits
-        assert float((dec(ids).logits - ref).abs().max() / ref.abs().max()) <= REL_TOL
+        for dec in (fused, ops):
+            assert float((dec(ids).logits - ref).abs().max() / ref.abs().max()) <= REL_TOL
+
+
+def test_fused_attention_is_one_operator_per_layer():
+    model = _model(8, None, kernel="fast", lm_head=True)
+    layers = model.config.num_hidden_layers
+
+    def ops(fused):
+        return [n.op_type for n in onnx_decode.build_decode_graph(model, fused_attention=fused).graph.node]
+
+    fused, readable = ops(True), ops(False)
+    assert fused.count("GroupQueryAttention") == layers and "Softmax" not in fused and "Concat" not in fused
+    assert readable.count("Softmax") == layers and "GroupQueryAttention" not in readable
+    assert fused.count("MatMulNBits") == 4 * layers + 1  # gate and up share one operator; + the head
+    # per layer: 2 norms, 4 linears (W_pack, o_proj, gate and up stacked + a Split, down), 1 attention, 2 residual
+    # adds, SiLU (Sigmoid, Mul) and its gate Mul
+    assert (len(fused) - 4) / layers == 13  # + embedding, final norm, head, the logits' Identity
+    assert (len(readable) - 4 - 2) / layers == 36  # + the RoPE tables' two Reshapes
+
+
+def test_fused_rope_tables_grow_past_the_configured_length():
+    model = _model()
+    model.config.max_position_embeddings = 8  # the tables start at 8 positions; a 12-token prompt needs more
+    dec = onnx_decode.GraphDecoder(model, accuracy_level=0)
+    ids = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (dec(ids).logits - model(ids).logits).abs().max() <= EXACT_ATOL
+    assert dec._rope_rows >= 12
 
 
 def test_graph_handles_alibi():
@@ -60,7 +95,10 @@ def test_graph_handles_alibi():
     for p in model.parameters():
         p.data.normal_(0, 0.1)
     ids = torch.randint(0, 64, (1, 7))
-    dec = onnx_decode.GraphDecoder(model, accuracy_level=0)
+    with pytest.raises(ValueError, match="RoPE.*fused_attention=False"):
+        onnx_decode.GraphDecoder(model, fused_attention=True)
+    dec = onnx_decode.GraphDecoder(model, accuracy_level=0)  # the readable operators: ALiBi is an attention bias
+    assert not dec.fused_attention
     with torch.no_grad():
         assert (dec(ids).logits - model(ids).logits).abs().max() <= EXACT_ATOL
         logits, past = dec.step(ids[:, :6])

@@ -28,6 +28,7 @@ class Variant:
     lm_head: bool | int = False  # True: the head in the same format; 8: the head in int8 per-row
     graph: bool = False  # True: the whole decoding step as one onnxruntime graph (course_lib.llm.onnx_decode)
     spin: bool = True  # graph only: onnxruntime's threads spin between operators (False: they sleep)
+    fused_attention: bool | None = None  # graph only: GroupQueryAttention (None: for RoPE models; False: readable ops)
 
     def build(self, fp_model):
         """A quantized copy of ``fp_model`` (the float model itself for bits=None), or its one-graph decoder."""
@@ -37,7 +38,7 @@ class Variant:
         if self.graph:
             from course_lib.llm.onnx_decode import GraphDecoder
 
-            return GraphDecoder(model, spin=self.spin)
+            return GraphDecoder(model, spin=self.spin, fused_attention=self.fused_attention)
         return model
 
 
@@ -56,6 +57,8 @@ def variants_for(group_size: int = 64) -> dict[str, Variant]:
         "fp32 graph": Variant("fp32 graph", graph=True),
         "int8 graph + head": Variant("int8 graph + head", 8, None, "fast", lm_head=True, graph=True),
         "int8 graph + head, no spin": Variant("int8 graph + head, no spin", 8, None, "fast", lm_head=True, graph=True, spin=False),
+        "int8 graph + head, attention as ops": Variant("int8 graph + head, attention as ops", 8, None, "fast", lm_head=True,
+                                                       graph=True, fused_attention=False),
         "int4g graph + int8 head": Variant("int4g graph + int8 head", 4, g, "fast", lm_head=8, graph=True),
     }
 

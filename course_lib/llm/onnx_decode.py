@@ -12,11 +12,19 @@ SwiGLU, the LM head — as one ONNX graph, with every linear layer either
 * a ``MatMul`` with the float weight (transposed) as an initializer, for an ``nn.Linear`` — the float baseline
   gets the same treatment, so the comparison isolates what the format buys.
 
-:class:`GraphDecoder` runs it: one ``session.run`` per token, the KV cache passed in and out as arrays. It is what
-``onnxruntime-genai``'s model builder produces for Llama-style models (there with fused contrib ops such as
-``GroupQueryAttention``; here with standard ONNX ops, so a learner can read each step). Its logits match the eager
-model running the same kernels to float rounding (tested); the decoding benchmark of notebook 03 times it next to
-the eager fast path and llama.cpp.
+The attention comes in two spellings with the same inputs and outputs per layer (the KV cache as
+``(1, kv_heads, positions, head_dim)`` arrays, in and out):
+
+* :func:`_attention` — standard ONNX operators (Split, Mul/MatMul for RoPE, Concat onto the cache, MatMul, Softmax,
+  MatMul), so a learner can read each step: 24 operators per layer;
+* :func:`_attention_fused` — onnxruntime's contrib operator ``GroupQueryAttention`` with ``do_rotary=1``: RoPE, the
+  cache append, the causal mask and the grouped-query attention in ONE operator. This is what
+  ``onnxruntime-genai``'s model builder emits for Llama-style models. It needs RoPE (ALiBi models use the
+  readable spelling).
+
+:class:`GraphDecoder` runs it: one ``session.run`` per token, the KV cache passed in and out as arrays. Its logits
+match the eager model running the same kernels to float rounding, in both spellings (tested); the decoding
+benchmark of notebook 03 times it next to the eager fast path and llama.cpp.
 """
 
 from __future__ import annotations
@@ -55,21 +63,48 @@ class _Graph:
         return outs[0] if outputs == 1 else outs
 
 
-def _linear(g: _Graph, x: str, layer: nn.Module) -> str:
-    """One linear layer: MatMulNBits on the fast path's packed codes (QLinear) or MatMul on the float weight."""
+def _weights(layer: nn.Module):
+    """(attributes, weight, scales): MatMulNBits' attributes, packed codes and scales for a QLinear; (None, the
+    float weight (out, in), None) for an nn.Linear."""
     from course_lib.llm import fast
     from course_lib.llm.quant import QLinear
 
     if isinstance(layer, QLinear):
         block = fast.check_fast_config(layer.bits, layer.group_size, layer.in_features)
         b, s = fast.to_matmulnbits(layer.int_weight(), layer.scale, layer.bits, block)
-        y = g.op("MatMulNBits", x, g.const(b), g.const(s), domain="com.microsoft", K=layer.in_features,
-                 N=layer.out_features, bits=layer.bits, block_size=block, accuracy_level=g.accuracy_level)
-    elif isinstance(layer, nn.Linear):
-        y = g.op("MatMul", x, g.const(layer.weight.detach().float().t().contiguous().numpy()))
-    else:
-        raise TypeError(f"expected nn.Linear or QLinear, got {type(layer).__name__}")
-    return y if layer.bias is None else g.op("Add", y, g.const(layer.bias.detach().float().numpy()))
+        return dict(K=layer.in_features, bits=layer.bits, block_size=block), b, s
+    if isinstance(layer, nn.Linear):
+        return None, layer.weight.detach().float().numpy(), None
+    raise TypeError(f"expected nn.Linear or QLinear, got {type(layer).__name__}")
+
+
+def _linear(g: _Graph, x: str, *layers: nn.Module) -> str | list[str]:
+    """Linear layers reading the same input: MatMulNBits on the fast path's packed codes (QLinear) or MatMul on the
+    float weight (nn.Linear).
+
+    Several layers (SwiGLU's gate and up) become ONE operator over their weights stacked by output rows, and a
+    Split — Baichuan's ``W_pack`` trick for q, k, v, done at export time: one call reads both matrices, so
+    one operator's fixed cost (activation rounding, waking the threads) is paid once. Exact: each output row is
+    the same codes and scales as before. Layers of different formats stay separate."""
+    parts = [_weights(layer) for layer in layers]
+    attrs = [p[0] for p in parts]
+    if len(layers) > 1 and all(a == attrs[0] for a in attrs) and not any(layer.bias is not None for layer in layers):
+        stacked = (attrs[0], np.concatenate([p[1] for p in parts]),
+                   None if attrs[0] is None else np.concatenate([p[2] for p in parts]))
+        sizes = g.const(np.array([layer.out_features for layer in layers]))
+        return g.op("Split", _matmul(g, x, *stacked), sizes, outputs=len(layers), axis=-1)
+    ys = [_matmul(g, x, *p) for p in parts]
+    ys = [y if layer.bias is None else g.op("Add", y, g.const(layer.bias.detach().float().numpy()))
+          for y, layer in zip(ys, layers)]
+    return ys[0] if len(ys) == 1 else ys
+
+
+def _matmul(g: _Graph, x: str, attrs: dict | None, w: np.ndarray, scales: np.ndarray | None) -> str:
+    """One operator for :func:`_weights`' triple: MatMulNBits (codes) or MatMul (float)."""
+    if attrs is None:  # float: MatMul with the transposed weight as an initializer
+        return g.op("MatMul", x, g.const(np.ascontiguousarray(w.T)))
+    return g.op("MatMulNBits", x, g.const(w), g.const(scales), domain="com.microsoft", N=w.shape[0],
+                accuracy_level=g.accuracy_level, **attrs)
 
 
 def _rms_norm(g: _Graph, x: str, norm: nn.Module) -> str:
@@ -121,47 +156,92 @@ def _attention(g: _Graph, x: str, attn: nn.Module, cos: str, sin: str, bias: str
     return _linear(g, out, attn.o_proj), presents
 
 
-def _layer(g: _Graph, x: str, layer: nn.Module, cos: str, sin: str, bias: str, i: int) -> tuple[str, list[str]]:
+def _attention_fused(g: _Graph, x: str, attn: nn.Module, i: int) -> tuple[str, list[str]]:
+    """W_pack → onnxruntime's ``GroupQueryAttention`` → o_proj: what :func:`_attention` spells out, as one operator.
+
+    It takes the packed q|k|v (the W_pack output as it is), rotates q and k by the ``cos_cache``/``sin_cache`` rows
+    of their positions (the half tables: ``rotate_half`` pairs column j with j + head_dim/2), appends k and v to
+    the cache, and attends with a causal mask; ``seqlens_k`` (the last position) tells it where the new tokens are."""
+    cfg = attn.cfg
+    qkv = _linear(g, x, attn.W_pack)  # (1, T, (heads + 2·kv_heads)·head_dim): the "packed QKV" input
+    out, presents = f"attention_{i}", [f"present_key_{i}", f"present_value_{i}"]
+    g.nodes.append(g.helper.make_node(
+        "GroupQueryAttention", [qkv, "", "", f"past_key_{i}", f"past_value_{i}", "seqlens_k", "total_sequence_length",
+                                "cos_cache", "sin_cache"], [out, *presents], domain="com.microsoft",
+        num_heads=cfg.num_attention_heads, kv_num_heads=cfg.num_key_value_heads, do_rotary=1))
+    return _linear(g, out, attn.o_proj), presents
+
+
+def _layer(g: _Graph, x: str, layer: nn.Module, cos: str, sin: str, bias: str, i: int,
+           fused: bool = False) -> tuple[str, list[str]]:
     """One pre-norm decoder layer, as BaichuanLayer.forward: x + attn(norm(x)), then + mlp(norm(x))."""
-    a, presents = _attention(g, _rms_norm(g, x, layer.input_layernorm), layer.self_attn, cos, sin, bias, i)
+    h = _rms_norm(g, x, layer.input_layernorm)
+    if fused:
+        a, presents = _attention_fused(g, h, layer.self_attn, i)
+    else:
+        a, presents = _attention(g, h, layer.self_attn, cos, sin, bias, i)
     x = g.op("Add", x, a)
     h, mlp = _rms_norm(g, x, layer.post_attention_layernorm), layer.mlp
-    gate, up = _linear(g, h, mlp.gate_proj), _linear(g, h, mlp.up_proj)
+    gate, up = _linear(g, h, mlp.gate_proj, mlp.up_proj)  # one operator for both, then a Split
     swiglu = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)  # silu(gate) * up
     return g.op("Add", x, _linear(g, swiglu, mlp.down_proj)), presents
 
 
-def build_decode_graph(model, accuracy_level: int | None = None):
+def check_fused(config, fused: bool | None) -> bool:
+    """Whether the graph uses ``GroupQueryAttention`` (None: yes for RoPE models); ValueError for ALiBi + True."""
+    rope = config.position_embedding == "rope"
+    if fused is None:
+        return rope
+    if fused and not rope:
+        raise ValueError("fused attention (GroupQueryAttention) rotates with RoPE; this model uses "
+                         f"{config.position_embedding!r}: build it with fused_attention=False")
+    return bool(fused)
+
+
+def build_decode_graph(model, accuracy_level: int | None = None, fused_attention: bool | None = None):
     """The ONNX model of one step of ``model`` (a BaichuanForCausalLM, float or quantized): see :class:`GraphDecoder`.
 
-    Inputs: ``input_ids`` (1, T) int64, ``cos``/``sin`` (T, head_dim) RoPE tables for the new positions, ``bias``
-    (1 or kv_heads, 1 or rep, T, past + T) additive attention bias (causal mask, ALiBi), ``past_key_i`` /
-    ``past_value_i`` (1, kv_heads, past, head_dim). Outputs: ``logits`` (1, T, vocab) and
-    ``present_key_i`` / ``present_value_i``. ``accuracy_level``: MatMulNBits' compute (default the fast path's, 4 =
-    int8 activations; 0 = float32, which reproduces the reference path to float rounding).
+    Inputs: ``input_ids`` (1, T) int64; ``past_key_i`` / ``past_value_i`` (1, kv_heads, past, head_dim); and the
+    positions, which depend on the attention's spelling (``fused_attention``, default: fused for RoPE models):
+
+    * readable ops: ``cos``/``sin`` (T, head_dim) RoPE tables for the new positions and ``bias``
+      (1 or kv_heads, 1 or rep, T, past + T), the additive attention bias (causal mask, ALiBi);
+    * fused: ``seqlens_k`` (1,) int32 = past + T - 1, ``total_sequence_length`` () int32 = past + T, and
+      ``cos_cache``/``sin_cache`` (≥ past + T, head_dim / 2), the half RoPE tables from position 0.
+
+    Outputs: ``logits`` (1, T, vocab) and ``present_key_i`` / ``present_value_i``. ``accuracy_level``: MatMulNBits'
+    compute (default the fast path's, 4 = int8 activations; 0 = float32, which reproduces the reference path to
+    float rounding).
     """
     from onnx import TensorProto
 
     from course_lib.llm.fast import FAST_ACCURACY_LEVEL
 
     cfg = model.config
+    fused = check_fused(cfg, fused_attention)
     g = _Graph(FAST_ACCURACY_LEVEL if accuracy_level is None else accuracy_level)
     x = g.op("Gather", g.const(model.model.embed_tokens.weight.detach().float().numpy(), "embed_tokens"), "input_ids")
     cos, sin = "cos", "sin"
-    if cfg.position_embedding == "rope":  # (T, d) → (T, 1, d): broadcasts over the heads of (1, T, heads, d)
+    if cfg.position_embedding == "rope" and not fused:  # (T, d) → (T, 1, d): broadcasts over (1, T, heads, d)
         shape = g.const(np.array([-1, 1, cfg.head_dim]))
         cos, sin = g.op("Reshape", "cos", shape), g.op("Reshape", "sin", shape)
     outputs = []
     for i, layer in enumerate(model.model.layers):
-        x, presents = _layer(g, x, layer, cos, sin, "bias", i)  # presents: named present_key_i / present_value_i
+        x, presents = _layer(g, x, layer, cos, sin, "bias", i, fused)  # presents: present_key_i / present_value_i
         outputs += presents
     logits = _linear(g, _rms_norm(g, x, model.model.norm), model.lm_head)  # every position: perplexity needs them
     g.nodes.append(g.helper.make_node("Identity", [logits], ["logits"]))
     f32, kv = TensorProto.FLOAT, ["batch", cfg.num_key_value_heads, "past", cfg.head_dim]
-    inputs = [g.helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "T"]),
-              g.helper.make_tensor_value_info("cos", f32, ["T", cfg.head_dim]),
-              g.helper.make_tensor_value_info("sin", f32, ["T", cfg.head_dim]),
-              g.helper.make_tensor_value_info("bias", f32, ["bh", "r", "T", "S"])]
+    inputs = [g.helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "T"])]
+    if fused:
+        inputs += [g.helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
+                   g.helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+                   g.helper.make_tensor_value_info("cos_cache", f32, ["max_positions", cfg.head_dim // 2]),
+                   g.helper.make_tensor_value_info("sin_cache", f32, ["max_positions", cfg.head_dim // 2])]
+    else:
+        inputs += [g.helper.make_tensor_value_info("cos", f32, ["T", cfg.head_dim]),
+                   g.helper.make_tensor_value_info("sin", f32, ["T", cfg.head_dim]),
+                   g.helper.make_tensor_value_info("bias", f32, ["bh", "r", "T", "S"])]
     for i in range(cfg.num_hidden_layers):
         inputs += [g.helper.make_tensor_value_info(f"past_{kind}_{i}", f32, kv) for kind in ("key", "value")]
     outs = [g.helper.make_tensor_value_info("logits", f32, [1, "T", cfg.vocab_size])]
@@ -175,10 +255,13 @@ class GraphDecoder:
     """Decoding with one onnxruntime call per token (:func:`build_decode_graph`); ``stream_ids`` like the model's.
 
     ``spin=False`` makes its pool threads sleep between operators, like the eager fast path's sessions (notebook 03
-    times both: a token runs about a thousand operators back to back, each needing its threads awake).
+    times both: a token runs hundreds of operators back to back, each needing its threads awake).
+    ``fused_attention``: ``GroupQueryAttention`` (default for RoPE models) or the readable operators
+    (:func:`build_decode_graph`); notebook 03 times both.
     """
 
-    def __init__(self, model, threads: int | None = None, accuracy_level: int | None = None, spin: bool = True):
+    def __init__(self, model, threads: int | None = None, accuracy_level: int | None = None, spin: bool = True,
+                 fused_attention: bool | None = None):
         ort = hw.require("onnxruntime", "llm", what="the whole-graph decoder")
         from course_lib.llm.baichuan import BaichuanForCausalLM
 
@@ -191,24 +274,42 @@ class GraphDecoder:
             raise ValueError(f"GraphDecoder runs on onnxruntime's CPU provider but the model is on {', '.join(off_cpu)}: "
                              "build it from a CPU copy (model.cpu())")
         self.source_model, self.config = model, model.config  # kept: the bytes per token are counted on it
-        proto = build_decode_graph(model, accuracy_level)
+        self.fused_attention = check_fused(model.config, fused_attention)
+        proto = build_decode_graph(model, accuracy_level, self.fused_attention)
+        self._rope_rows = 0  # fused: the half cos/sin tables, grown on demand (positions 0 … rows - 1)
         self.threads = int(threads or torch.get_num_threads())
         self.spin = bool(spin)  # one session runs every operator of a token: its threads wait for the next one spinning
         so = session_options(self.threads, spin=self.spin)
         # > 2 GB protobufs cannot be serialized in one piece: larger models would need external data
         self.session = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
+    def _rope_cache(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """The fused graph's half RoPE tables for positions 0 … ≥ rows - 1, built once and doubled when outgrown."""
+        from course_lib.llm.baichuan import rope_cos_sin
+
+        if rows > self._rope_rows:
+            self._rope_rows = max(rows, 2 * self._rope_rows, self.config.max_position_embeddings)
+            cos, sin = rope_cos_sin(torch.arange(self._rope_rows), self.config.head_dim, self.config.rope_theta)
+            half = self.config.head_dim // 2  # the two halves of rope_cos_sin's tables are equal
+            self._cos_sin = tuple(np.ascontiguousarray(t[:, :half].numpy()) for t in (cos, sin))
+        return self._cos_sin
+
     def _feeds(self, ids: torch.Tensor, past) -> dict:
         from course_lib.llm.baichuan import attention_bias, rope_cos_sin
 
         cfg = self.config
         t, past_len = ids.shape[1], past[0].shape[2]
-        cos, sin = rope_cos_sin(torch.arange(past_len, past_len + t), cfg.head_dim, cfg.rope_theta)
-        bias = attention_bias(cfg, t, past_len)  # (heads or 1, T, S)
-        rep = cfg.num_attention_heads // cfg.num_key_value_heads
-        bias = bias.view(1, 1, 1, t, -1)[0] if bias.shape[0] == 1 else bias.view(cfg.num_key_value_heads, rep, t, -1)
-        feeds = {"input_ids": ids.to(torch.int64).numpy(), "cos": cos.numpy(), "sin": sin.numpy(),
-                 "bias": np.ascontiguousarray(bias.numpy())}
+        feeds = {"input_ids": ids.to(torch.int64).numpy()}
+        if self.fused_attention:
+            cos, sin = self._rope_cache(past_len + t)
+            feeds.update(seqlens_k=np.array([past_len + t - 1], np.int32),
+                         total_sequence_length=np.array(past_len + t, np.int32), cos_cache=cos, sin_cache=sin)
+        else:
+            cos, sin = rope_cos_sin(torch.arange(past_len, past_len + t), cfg.head_dim, cfg.rope_theta)
+            bias = attention_bias(cfg, t, past_len)  # (heads or 1, T, S)
+            rep = cfg.num_attention_heads // cfg.num_key_value_heads
+            bias = bias.view(1, 1, 1, t, -1)[0] if bias.shape[0] == 1 else bias.view(cfg.num_key_value_heads, rep, t, -1)
+            feeds.update(cos=cos.numpy(), sin=sin.numpy(), bias=np.ascontiguousarray(bias.numpy()))
         for i in range(cfg.num_hidden_layers):
             feeds[f"past_key_{i}"], feeds[f"past_value_{i}"] = past[2 * i], past[2 * i + 1]
         return feeds
