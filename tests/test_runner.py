@@ -303,3 +303,25 @@ def test_a_broken_subcommand_module_fails_loudly_and_only_its_own_command(monkey
     assert err.count("\n") == 1 and "`course book` is broken" in err and "Error: import of course_lib.book halted" in err
     assert "unrecognized arguments" not in err
     assert runner.main(["list", "--notebooks", str(NB), "--profiles", str(PROFILES)]) == 0
+
+
+def test_kernel_sockets_live_in_a_private_folder_one_prefix_per_kernel(tmp_path, monkeypatch):
+    """jupyter_client's default for ipc is ``kernel-ipc-N`` in the working directory (the notebooks folder): two runs
+    at once would share those names. Each kernel gets its own prefix in Jupyter's runtime folder instead."""
+    import tempfile
+    from pathlib import Path
+
+    from course_lib.runner import execute
+
+    rt = Path(tempfile.mkdtemp(prefix="rt")) / "runtime"  # short: pytest's own tmp_path can be too deep (macOS)
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(rt))
+    manager = execute._ipc_kernel_manager()
+    a, b = manager().ip, manager().ip
+    assert a != b and os.path.dirname(a) == str(rt) == os.path.dirname(b)
+    assert rt.stat().st_mode & 0o077 == 0  # created private
+    shutil.rmtree(rt.parent)
+    # a runtime folder too deep for a Unix socket path: a private temporary folder instead
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / ("d" * 120)))
+    deep = manager().ip
+    assert len(deep) + 3 <= 100 and not (tmp_path / ("d" * 120)).exists()
+    assert os.stat(os.path.dirname(deep)).st_mode & 0o077 == 0

@@ -90,18 +90,40 @@ def _kernel_env(values: dict[str, str]):
                 os.environ[k] = v
 
 
+def _ipc_prefix() -> str:
+    """A fresh socket path prefix for one kernel: in Jupyter's private runtime folder (mode 0700), or in a private
+    temporary folder when that path would be too long for a Unix socket (about 100 bytes on Linux and macOS)."""
+    import uuid
+
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    name = f"course-kernel-{uuid.uuid4().hex[:12]}-ipc"
+    runtime = Path(jupyter_runtime_dir())
+    if len(str(runtime / name)) + 3 <= 100:  # + "-NN", the channel's number
+        runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return str(runtime / name)
+    return str(Path(tempfile.mkdtemp(prefix="course-kernel-")) / "ipc")
+
+
 @functools.cache
 def _ipc_kernel_manager():
     """jupyter_client's kernel manager, talking to the kernel over Unix sockets in Jupyter's private runtime folder.
 
     The default is TCP on localhost without encryption, which any local user could connect to and which
     ipykernel 7 warns about on the terminal of every run; a kernel the runner starts and stops needs no network.
+    jupyter_client's own default for the sockets' path is ``kernel-ipc-N`` in the working directory (the
+    notebooks folder, where two runs at once would share names and a killed run leaves its sockets): each kernel
+    gets a fresh prefix in the runtime folder instead (:func:`_ipc_prefix`).
     """
     from jupyter_client.manager import AsyncKernelManager
-    from traitlets import CaselessStrEnum
+    from traitlets import CaselessStrEnum, default
 
     class IPCKernelManager(AsyncKernelManager):
         transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+        @default("ip")
+        def _ip_default(self) -> str:
+            return _ipc_prefix()
 
     return IPCKernelManager
 
