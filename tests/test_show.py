@@ -4,6 +4,7 @@ import inspect
 
 import pytest
 
+from conftest import ROOT
 from course_lib import bench, show
 
 
@@ -57,3 +58,35 @@ def test_html_is_highlighted_with_line_numbers_and_escaped_header():
 def test_show_source_prints_outside_jupyter_and_returns_nothing(capsys):
     assert show.show_source(bench.percentile) is None
     assert "course_lib/bench.py" in capsys.readouterr().out
+
+
+def _code_cells(path):
+    import ast
+    import json
+
+    for cell in json.loads(path.read_text())["cells"]:
+        if cell["cell_type"] == "code":  # IPython magics and shell escapes are not Python: blanked
+            src = "".join(cell["source"])
+            yield ast.parse("\n".join("" if ln.lstrip().startswith(("%", "!")) else ln for ln in src.splitlines()))
+
+
+@pytest.mark.parametrize("notebook", sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+def test_every_show_source_call_in_the_notebooks_still_finds_its_code(notebook):
+    """A renamed function or an edited line breaks a notebook's ``show_source(obj, match=...)`` only when the notebook
+    runs (minutes later, in CI): resolve every call here, with the notebook's own imports, in a second."""
+    import ast
+
+    trees = list(_code_cells(ROOT / "notebooks" / notebook))
+    namespace: dict = {}
+    for node in (n for t in trees for n in ast.walk(t) if isinstance(n, (ast.Import, ast.ImportFrom))):
+        exec(compile(ast.Module([node], []), notebook, "exec"), namespace)  # the notebook's imports, nothing else
+    calls = [n for t in trees for n in ast.walk(t) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "show_source"]
+    for call in calls:
+        obj = eval(ast.unparse(call.args[0]), namespace)  # a dotted name from those imports
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+        try:
+            show.get_source(obj, **kwargs)
+        except ValueError as e:
+            pytest.fail(f"{notebook}: {ast.unparse(call)}: {e}")
+    if notebook != "00_environment.ipynb":  # every lesson shows its code
+        assert calls, f"{notebook} shows no source"
