@@ -60,17 +60,41 @@ def test_show_source_prints_outside_jupyter_and_returns_nothing(capsys):
     assert "course_lib/bench.py" in capsys.readouterr().out
 
 
-def _code_cells(path):
-    import ast
+def _code_sources(path):
     import json
 
     for cell in json.loads(path.read_text())["cells"]:
         if cell["cell_type"] == "code":  # IPython magics and shell escapes are not Python: blanked
             src = "".join(cell["source"])
-            yield ast.parse("\n".join("" if ln.lstrip().startswith(("%", "!")) else ln for ln in src.splitlines()))
+            yield "\n".join("" if ln.lstrip().startswith(("%", "!")) else ln for ln in src.splitlines())
 
 
-@pytest.mark.parametrize("notebook", sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+def _code_cells(path):
+    import ast
+
+    for src in _code_sources(path):
+        yield ast.parse(src)
+
+
+NOTEBOOKS = sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_every_code_cell_compiles_without_a_warning(notebook):
+    """An invalid escape such as ``"\\|"`` compiles with a warning that Python 3.11's kernel hides and 3.12+ prints
+    as a SyntaxWarning into the learner's output: compile every cell with warnings as errors."""
+    import warnings
+
+    for i, src in enumerate(_code_sources(ROOT / "notebooks" / notebook)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            try:
+                compile(src, f"{notebook}, code cell {i}", "exec")
+            except (SyntaxError, Warning) as e:
+                pytest.fail(f"{notebook}, code cell {i}: {e}")
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
 def test_every_show_source_call_in_the_notebooks_still_finds_its_code(notebook):
     """A renamed function or an edited line breaks a notebook's ``show_source(obj, match=...)`` only when the notebook
     runs (minutes later, in CI): resolve every call here, with the notebook's own imports, in a second."""
