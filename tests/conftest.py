@@ -47,13 +47,20 @@ def smollm2_cache():
     (whichever test file comes first); skipped only where the weights package is absent, failed in CI."""
     from course_lib.llm import smollm2
 
+    require_smollm2_gguf()
+    return smollm2.ensure_cached(verbose=False)
+
+
+def require_smollm2_gguf():
+    """The shipped SmolLM2 GGUF's path: a skip where the weights package is absent, a failure in CI."""
+    from course_lib.llm import smollm2
+
     try:
-        smollm2.gguf_path()
+        return smollm2.gguf_path()
     except smollm2.ModelFilesMissing as e:
         if IN_CI:
             pytest.fail(f"SmolLM2 weights missing in CI: {e}", pytrace=False)
         pytest.skip(str(e))
-    return smollm2.ensure_cached(verbose=False)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import require_extra
 from gpu_spy import DeviceMismatch, fake_cuda, on_fake_device
 
 
@@ -53,7 +54,7 @@ def test_the_spy_catches_host_inputs_and_numpy_on_the_device_and_passes_correct_
 
 @pytest.fixture(scope="module")
 def l1():
-    pytest.importorskip("transformers")
+    require_extra("transformers", "deploy")
     from course_lib.deploy import data, features
     from course_lib.deploy import model as M
 
@@ -109,7 +110,7 @@ def test_l2_single_strategy_on_the_device():
     ``split`` moves operands inside a ``TorchDispatchMode``, below the level this spy sees; its device moves are
     tested with logical devices in tests/test_l2_parallel.py.
     """
-    pytest.importorskip("transformers")
+    require_extra("transformers", "deploy")
     from course_lib.parallel import single
     from course_lib.parallel import model as bert
     from course_lib.parallel.world import World
@@ -157,7 +158,7 @@ def test_l5_detector_forward_and_predict_with_a_model_on_the_device():
 @pytest.mark.parametrize("name", ["l1.trace_map_location", "l3.fp16", "l5.detector_cuda"])
 def test_gpu_check_steps_on_the_device(name, tmp_path):
     """The steps as they run on the GPU box (l1.cuda_train too, but its 30 steps take minutes under the spy)."""
-    pytest.importorskip("transformers")
+    require_extra("transformers", "deploy")
     from course_lib import gpucheck
 
     step = next(s for s in gpucheck.STEPS if s.name == name)

@@ -264,15 +264,12 @@ def test_real_model_logits_fast_vs_reference(smollm2_cache):
 # ---- llama.cpp peer ------------------------------------------------------------------------------
 
 def test_llamacpp_wrapper_on_shipped_gguf():
-    from conftest import require_extra
+    from conftest import require_extra, require_smollm2_gguf
 
     require_extra("llama_cpp", "llm")
-    from course_lib.llm import llamacpp, smollm2
+    from course_lib.llm import llamacpp
 
-    try:
-        src = smollm2.gguf_path()
-    except smollm2.ModelFilesMissing as e:
-        pytest.skip(str(e))
+    src = require_smollm2_gguf()
     assert llamacpp.gguf_for("Q4_1") == src
     q8 = llamacpp.gguf_for("Q8_0")
     assert q8.exists() and q8.stat().st_size > src.stat().st_size
