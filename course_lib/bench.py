@@ -248,6 +248,37 @@ def benchmark(
     )
 
 
+def interleaved(calls: dict[str, Callable[[], object]], *, rounds: int, warmup: int = 1, items: int = 1,
+                unit: str = "items", extra: dict[str, dict] | None = None,
+                progress: bool = False) -> dict[str, BenchResult]:
+    """Time several callables in interleaved rounds, one call of each per round → ``{name: BenchResult}``.
+
+    On a shared machine a burst of other work lands on whichever callable is being timed. Interleaving spreads it
+    over all of them instead of handicapping one, so the ratios between them stay fair: compare results of one call
+    of this function, never with a figure timed at another moment. Each call starts once this process's other
+    threads are idle (:func:`settle`): one runtime's spinning thread pool must not slow the next one down. The first
+    ``warmup`` rounds are untimed; ``extra`` adds columns per name (e.g. the threads a variant used).
+    """
+    if not calls:
+        raise ValueError("no callables to time")
+    if rounds < 1 or warmup < 0 or items < 1:
+        raise ValueError(f"need rounds >= 1, warmup >= 0, items >= 1; got {rounds}, {warmup}, {items}")
+    extra = dict(extra or {})
+    if set(extra) - set(calls):
+        raise ValueError(f"extra names no timed callable: {sorted(set(extra) - set(calls))}")
+    from course_lib import hw
+
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for i in hw.progress(range(warmup + rounds), desc="interleaved rounds", disable=not progress):
+        for name, fn in calls.items():
+            settle()  # the previous callable's runtime (onnxruntime, OpenMP, llama.cpp) may still spin on the cores
+            t = time_calls(fn, 1)
+            if i >= warmup:
+                times[name] += t
+    return {name: BenchResult(name, times[name], items=items, unit=unit, warmup=warmup, extra=dict(extra.get(name, {})))
+            for name in calls}
+
+
 def to_frame(results: Iterable[BenchResult]):
     """A pandas DataFrame with one row per result (see :meth:`BenchResult.as_row`)."""
     import pandas as pd

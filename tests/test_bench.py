@@ -203,3 +203,20 @@ def test_pool_env_sets_tvm_threads_and_unpins_unless_the_user_chose(monkeypatch)
     assert tvmtools.pool_env() == {"TVM_NUM_THREADS": "5", "TVM_BIND_THREADS": "1"}
     monkeypatch.delenv("TVM_NUM_THREADS")
     assert tvmtools.pool_env()["TVM_NUM_THREADS"] == str(tvmtools.physical_cores())
+
+
+def test_interleaved_times_one_call_of_each_per_round_after_the_warmup_rounds():
+    order = []
+    calls = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    res = bench.interleaved(calls, rounds=3, warmup=1, items=4, unit="tokens", extra={"b": {"threads": 2}})
+    assert order == ["a", "b"] * 4  # a, b alternate: round 0 untimed, rounds 1-3 timed
+    assert list(res) == ["a", "b"]
+    assert all(len(r.times_s) == 3 and r.items == 4 and r.unit == "tokens" and r.warmup == 1 for r in res.values())
+    assert res["b"].extra == {"threads": 2} and res["a"].extra == {}
+    with pytest.raises(ValueError, match="no callables"):
+        bench.interleaved({}, rounds=1)
+    with pytest.raises(ValueError, match="rounds >= 1"):
+        bench.interleaved(calls, rounds=0)
+    with pytest.raises(ValueError, match=r"extra names no timed callable: \['c'\]"):
+        bench.interleaved(calls, rounds=1, extra={"c": {}})
+

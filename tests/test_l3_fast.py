@@ -267,7 +267,7 @@ def test_llamacpp_wrapper_on_shipped_gguf():
     from conftest import require_extra, require_smollm2_gguf
 
     require_extra("llama_cpp", "llm")
-    from course_lib.llm import llamacpp
+    from course_lib.llm import decode, llamacpp
 
     src = require_smollm2_gguf()
     assert llamacpp.gguf_for("Q4_1") == src
@@ -281,6 +281,9 @@ def test_llamacpp_wrapper_on_shipped_gguf():
     assert len(a) == 8 and a == b  # greedy: deterministic, exactly N tokens (EOS ignored)
     r = llamacpp.tokens_per_second("Q4_1", "Hello", new_tokens=4, threads=1, warmup=0, repeat=1, llm=llm)
     assert r.items == 4 and math.isfinite(r.throughput)
+    (name, (fn, mb, extra)), = decode.llama_peers(["Q4_1"], "Hello", 4, threads=1).items()
+    assert name == "llama.cpp Q4_1" and len(fn()) == 4 and extra == {"format": "Q4_1", "threads": 1}
+    assert mb == roofline.gguf_weight_bytes(src) / 1e6
     assert roofline.gguf_weight_bytes(src) < src.stat().st_size
     with pytest.raises(ValueError, match="file type"):
         llamacpp.gguf_for("Q9_X")
@@ -360,6 +363,17 @@ def test_interleaved_decoding_times_every_variant_once_per_round():
     assert mb["int8 ref"] < mb["fp32"]  # int8 linears: fewer bytes read per token
     with pytest.raises(ValueError, match="repeat >= 1"):
         decode.interleaved(model, [decode.OURS["fp32"]], ids, new_tokens=5, warmup=0, repeat=0)
+    # a peer (llama.cpp in notebook 03) joins the same rounds: one of its generations after each of ours
+    seen = []
+    m = decode.OURS["fp32"].build(model)
+    real = m.stream_ids
+    m.stream_ids = lambda *a, **k: (seen.append("ours"), real(*a, **k))[1]
+    peers = {"peer": (lambda: seen.append("peer"), 123.0, {"threads": 1})}
+    out = decode.interleaved_models({"fp32": m}, ids, new_tokens=5, warmup=1, repeat=2, progress=False, peers=peers)
+    assert seen == ["ours", "peer"] * 3
+    assert [(r.name, mb) for r, mb in out][1] == ("peer", 123.0) and out[1][0].extra == {"threads": 1}
+    with pytest.raises(ValueError, match="a peer has the name of a model"):
+        decode.interleaved_models({"peer": m}, ids, 5, 0, 1, progress=False, peers=peers)
 
 
 def test_fast_layers_take_the_thread_count_measured_here(monkeypatch, tmp_path):

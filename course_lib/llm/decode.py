@@ -1,7 +1,8 @@
 """Decoding benchmark: our fp32 / reference / fast quantized SmolLM2 next to llama.cpp, same prompt (notebook 03).
 
-Every variant greedily generates ``new_tokens`` tokens (EOS ignored) after the same prompt at batch 1,
-timed through ``bench.benchmark`` (warm-up + repeats; tokens/s at the median, p10–p90 spread).
+Every variant greedily generates ``new_tokens`` tokens (EOS ignored) after the same prompt at batch 1, all of them
+(llama.cpp's formats too) in the same interleaved rounds of ``bench.interleaved`` (warm-up rounds + timed rounds;
+tokens/s at the median, p10–p90 spread).
 """
 
 from __future__ import annotations
@@ -98,43 +99,66 @@ def threads_used(model) -> str:
     return f"torch × {torch.get_num_threads()}"
 
 
-def interleaved(fp_model, variants, prompt_ids, new_tokens: int, warmup: int, repeat: int, progress: bool = True):
-    """[(bench result, MB per token)] of each variant, timed in interleaved rounds (one generation of each per round).
+def _check_counts(new_tokens: int, repeat: int, warmup: int) -> None:
+    if new_tokens < 1 or repeat < 1 or warmup < 0:
+        raise ValueError(f"need new_tokens >= 1, repeat >= 1, warmup >= 0; got {new_tokens}, {repeat}, {warmup}")
 
-    On a shared machine a burst of other work lands on whichever variant is being timed; interleaving spreads
-    it over all of them instead of handicapping one, so the ratios between variants stay fair. Each generation starts
-    once the other threads of this process are idle (:func:`course_lib.bench.settle`): one variant's spinning thread
-    pool must not slow the next one down.
+
+def generation(model, prompt_ids, new_tokens: int):
+    """A callable that greedily generates exactly ``new_tokens`` tokens (EOS ignored) after ``prompt_ids``: one timed sample."""
+    ids = prompt_ids.to(model_device(model))  # the gpu profile: token ids go to the model's device
+
+    @torch.no_grad()
+    def run():
+        n = sum(1 for _ in model.stream_ids(ids, max_new_tokens=new_tokens, eos_token_id=None))
+        assert n == new_tokens, f"generated {n} tokens, expected {new_tokens}"
+    return run
+
+
+def llama_peers(formats, prompt: str, new_tokens: int, threads: int) -> dict:
+    """``{"llama.cpp FMT": (generation callable, MB of weights per token, extra columns)}`` to time beside our models."""
+    from course_lib.llm import llamacpp, roofline
+
+    out = {}
+    for fmt in formats:
+        llm = llamacpp.load(fmt, threads=threads)
+        out[f"llama.cpp {fmt}"] = (llamacpp.generation(llm, prompt, new_tokens),
+                                   roofline.gguf_weight_bytes(llamacpp.gguf_for(fmt)) / 1e6, {"format": fmt, "threads": threads})
+    return out
+
+
+def interleaved_models(models: dict, prompt_ids, new_tokens: int, warmup: int, repeat: int, progress: bool = True,
+                    peers: dict | None = None) -> list[tuple[bench.BenchResult, float]]:
+    """[(bench result, MB per token)] of each model (then each peer), timed in interleaved rounds.
+
+    ``models``: name → a model with ``stream_ids`` (ours, any format); ``peers``: name → (callable, MB per token,
+    extra) from :func:`llama_peers`. All of them go through one :func:`course_lib.bench.interleaved`: one generation
+    of each per round, each after the others' threads are idle, so every ratio between two rows compares
+    generations timed side by side under the same machine load.
     """
     from course_lib.llm import roofline
 
-    if new_tokens < 1 or repeat < 1 or warmup < 0:
-        raise ValueError(f"need new_tokens >= 1, repeat >= 1, warmup >= 0; got {new_tokens}, {repeat}, {warmup}")
-    models = [(v, v.build(fp_model)) for v in variants]
-    threads = {v.name: threads_used(m) for v, m in models}
+    _check_counts(new_tokens, repeat, warmup)
+    peers = dict(peers or {})
+    if set(peers) & set(models):
+        raise ValueError(f"a peer has the name of a model: {sorted(set(peers) & set(models))}")
+    calls = {name: generation(m, prompt_ids, new_tokens) for name, m in models.items()}
+    calls.update({name: fn for name, (fn, _, _) in peers.items()})
+    extra = {name: {"threads": threads_used(m)} for name, m in models.items()}
+    extra.update({name: ex for name, (_, _, ex) in peers.items()})
+    res = bench.interleaved(calls, rounds=repeat, warmup=warmup, items=new_tokens, unit="tokens", extra=extra,
+                            progress=progress)
+    mb = {name: roofline.weight_bytes_per_token(getattr(m, "source_model", m))["total"] / 1e6 for name, m in models.items()}
+    mb.update({name: p[1] for name, p in peers.items()})
+    return [(res[name], mb[name]) for name in calls]
 
-    def generate(model):
-        ids = prompt_ids.to(model_device(model))  # the gpu profile: token ids go to the model's device
 
-        @torch.no_grad()
-        def run():
-            n = sum(1 for _ in model.stream_ids(ids, max_new_tokens=new_tokens, eos_token_id=None))
-            assert n == new_tokens, f"generated {n} tokens, expected {new_tokens}"
-        return run
-
-    runs = [(v, generate(m)) for v, m in models]
-    times = {v.name: [] for v, _ in runs}
-    for i in hw.progress(range(warmup + repeat), desc="decoding rounds", disable=not progress):
-        for v, run in runs:
-            bench.settle()  # the previous variant's runtime (onnxruntime, OpenMP) may still spin on the cores
-            t = bench.time_calls(run, 1)
-            if i >= warmup:
-                times[v.name] += t
-    out = [(bench.BenchResult(v.name, times[v.name], items=new_tokens, unit="tokens", warmup=warmup,
-                              extra={"threads": threads[v.name]}),
-            roofline.weight_bytes_per_token(getattr(m, "source_model", m))["total"] / 1e6) for v, m in models]
-    del models, runs
-    return out
+def interleaved(fp_model, variants, prompt_ids, new_tokens: int, warmup: int, repeat: int, progress: bool = True,
+                peers: dict | None = None):
+    """:func:`interleaved_models` of each :class:`Variant` built from ``fp_model`` (and the ``peers``), in interleaved rounds."""
+    _check_counts(new_tokens, repeat, warmup)  # before building anything
+    models = {v.name: v.build(fp_model) for v in variants}
+    return interleaved_models(models, prompt_ids, new_tokens, warmup, repeat, progress, peers)
 
 
 def _row(r: bench.BenchResult, kind: str, mb: float) -> dict:
@@ -151,7 +175,7 @@ def decode_benchmark(fp_model, tokenizer, variants=("fp32", "int8 ref", "int4g r
     """DataFrame: tokens/s (median, p10, p90), MB of weights per token and the threads each really used, for our
     variants and llama.cpp's.
 
-    Our variants are timed in interleaved rounds (:func:`interleaved`); llama.cpp's formats one after another.
+    Our variants and llama.cpp's formats are timed in the same interleaved rounds (:func:`interleaved_models`).
 
     ``variants``: names from :func:`variants_for` ``(group_size)`` (or :class:`Variant` objects); ``llama_formats``: llama.cpp
     formats to run, skipped (listed in ``df.attrs['skipped']``) when llama-cpp-python is not installed.
@@ -159,7 +183,7 @@ def decode_benchmark(fp_model, tokenizer, variants=("fp32", "int8 ref", "int4g r
     """
     import pandas as pd
 
-    from course_lib.llm import llamacpp, roofline
+    from course_lib.llm import llamacpp
 
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
@@ -169,17 +193,15 @@ def decode_benchmark(fp_model, tokenizer, variants=("fp32", "int8 ref", "int4g r
     try:
         ids = tokenizer(prompt, return_tensors="pt").input_ids
         todo = _resolve(variants, group_size)
-        for r, mb in interleaved(fp_model, todo, ids, new_tokens, warmup, repeat, progress):
-            rows.append(_row(r, "ours", mb))
         if llama_formats:
             try:
                 llamacpp.require_llama_cpp()
             except hw.MissingDependency as e:
                 skipped.append(str(e))
                 llama_formats = ()
-        for fmt in llama_formats:
-            r = llamacpp.tokens_per_second(fmt, prompt, new_tokens, threads=threads, warmup=warmup, repeat=repeat)
-            rows.append(_row(r, "llama.cpp", roofline.gguf_weight_bytes(llamacpp.gguf_for(fmt)) / 1e6))
+        peers = llama_peers(llama_formats, prompt, new_tokens, threads)
+        for r, mb in interleaved(fp_model, todo, ids, new_tokens, warmup, repeat, progress, peers):
+            rows.append(_row(r, "llama.cpp" if r.name in peers else "ours", mb))
     finally:
         torch.set_num_threads(old)
     df = pd.DataFrame(rows)

@@ -109,14 +109,25 @@ def generate_ids(llm, prompt_ids: list[int], new_tokens: int) -> list[int]:
     return out
 
 
+def generation(llm, prompt: str, new_tokens: int):
+    """A callable generating ``new_tokens`` greedy tokens after ``prompt`` (prefill included) with a loaded ``llm``:
+    one timed sample, for :func:`tokens_per_second` or interleaved with other variants (``decode.interleaved_models``)."""
+    if new_tokens < 1:
+        raise ValueError(f"new_tokens must be >= 1, got {new_tokens}")
+    ids = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+    return lambda: generate_ids(llm, ids, new_tokens)
+
+
 def tokens_per_second(fmt: str, prompt: str, new_tokens: int = 64, threads: int = 2, warmup: int = 1,
                       repeat: int = 3, llm=None, src: str | Path | None = None) -> bench.BenchResult:
-    """bench result of generating ``new_tokens`` greedy tokens (prompt prefill included) with llama.cpp ``fmt``."""
+    """bench result of generating ``new_tokens`` greedy tokens (prompt prefill included) with llama.cpp ``fmt``, alone.
+
+    To compare with other variants, time them together instead (``decode.interleaved_models`` with ``decode.llama_peers``)."""
     llm = llm or load(fmt, threads=threads, src=src)
-    ids = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-    bench.settle()  # our variants' thread pools, timed before, are idle
-    return bench.benchmark(lambda: generate_ids(llm, ids, new_tokens), name=f"llama.cpp {fmt}", items=new_tokens,
-                           unit="tokens", warmup=warmup, repeat=repeat, extra={"format": fmt, "threads": threads})
+    fn = generation(llm, prompt, new_tokens)
+    bench.settle()  # thread pools timed before are idle
+    return bench.benchmark(fn, name=f"llama.cpp {fmt}", items=new_tokens, unit="tokens", warmup=warmup, repeat=repeat,
+                           extra={"format": fmt, "threads": threads})
 
 
 def token_nll(fmt: str, windows, threads: int = 2, src: str | Path | None = None):
