@@ -18,9 +18,9 @@ REQUIRED_METRICS = {
     + [f"l3.ppl_{q}_{lang}" for q in ("fp32", "int8", "int4", "int4g") for lang in ("zh", "en")]
     + ["l3.converter_max_abs_diff", "l3.tokens_per_s_fp32", "l3.tokens_per_s_int8", "l3.tokens_per_s_int4",
        "l3.tokens_per_s_int8_fast", "l3.tokens_per_s_int4g_fast", "l3.tokens_per_s_fp32_interleaved", "l3.decode_speedup_int8_fast", "l3.decode_speedup_int4g_fast",
-       "l3.ppl_int8_fast_zh", "l3.ppl_int4g_fast_zh", "l3.tokens_per_s_llamacpp_q8_0", "l3.tokens_per_s_llamacpp_q4_1",
+       "l3.ppl_int8_fast_zh", "l3.ppl_int4g_fast_zh", "l3.tokens_per_s_llamacpp_q8_0", "l3.tokens_per_s_llamacpp_q4_1", "l3.tokens_per_s_llamacpp_q4_0",
        "l3.tokens_per_s_llamacpp_f32", "l3.memory_bandwidth_gbs", "l3.tokens_per_s_fp32_graph", "l3.tokens_per_s_int8_graph",
-       "l3.tokens_per_s_int4g_graph", "l3.graph_vs_llamacpp_q8_0", "l3.graph_vs_llamacpp_q4_1",
+       "l3.tokens_per_s_int4g_graph", "l3.graph_vs_llamacpp_q8_0", "l3.graph_vs_llamacpp_q4_1", "l3.graph_vs_llamacpp_q4_0",
        "l3.graph_fused_attention_speedup",
        "l3.ppl_llamacpp_q8_0_zh", "l3.ppl_llamacpp_f32_zh", "l3.ppl_int8_fast_vs_ref_se_zh", "l3.ppl_int4g_fast_vs_ref_se_zh"],
     "04_tvm_autotuning": ["l4.gflops_naive", "l4.gflops_hand", "l4.gflops_numpy", "l4.gflops_torch", "l4.gflops_best_template",
@@ -133,9 +133,11 @@ def relations(recorded: dict) -> list[str]:
             bad.append(f"lesson 3: {fmt} fast perplexity {fast:.3f} is {fast / ref - 1:+.2%} from the reference {ref:.3f}, "
                        f"more than llama.cpp's Q8_0 change {q8 / f32 - 1:+.2%} + 2 × {se:.2%} (standard error) on the same windows")
     # a ratio a lesson records is the quotient of the two rates it records, timed in the same interleaved rounds
-    # (lesson 3: the fast rate over the fp32 of those rounds; lesson 4: one torch timing, not two)
+    # (lesson 3: the fast rate over the fp32 of those rounds, the graph's over llama.cpp's; lesson 4: one torch timing, not two)
     ratios = [("lesson 3", 1e-9, (f"l3.decode_speedup_{fmt}_fast", f"l3.tokens_per_s_{fmt}_fast",
                                   "l3.tokens_per_s_fp32_interleaved")) for fmt in ("int8", "int4g")]
+    ratios += [("lesson 3", 1e-9, (f"l3.graph_vs_llamacpp_{fmt}", f"l3.tokens_per_s_{ours}_graph", f"l3.tokens_per_s_llamacpp_{fmt}"))
+               for ours, fmt in (("int8", "q8_0"), ("int4g", "q4_1"), ("int4g", "q4_0"))]  # llama.cpp in the same rounds
     ratios.append(("lesson 4", 1e-4, ("l4.metaschedule_vs_torch", "l4.gflops_metaschedule", "l4.gflops_torch")))
     for lesson, tol, names in ratios:
         if all(n in v for n in names) and abs(v[names[0]] * v[names[2]] / v[names[1]] - 1) > tol:

@@ -65,7 +65,7 @@ def variants_for(group_size: int = 64) -> dict[str, Variant]:
 
 
 OURS = variants_for(64)  # the defaults (group 64); pass group_size to the functions below for another one
-LLAMA_CPP = ("F32", "Q8_0", "Q4_1")
+LLAMA_CPP = ("F32", "Q8_0", "Q4_0", "Q4_1")
 
 
 def _resolve(variants, group_size: int) -> list[Variant]:
