@@ -1063,23 +1063,23 @@ NEEDS_EXTRA = {"01.batching_stanza": ("tritonclient.grpc.model_config_pb2", "dep
                "05.percentile_amax": ("pytorch_quantization", "ptq")}
 
 
+# each mutation id's reference solution: (solution file, function name)
+REFERENCES = {"00.p90": ("00_environment.py", "p90"), "01.decode_spans": ("01_torchscript_triton.py", "decode_token_spans"),
+              "01.batching_stanza": ("01_torchscript_triton.py", "dynamic_batching_stanza"),
+              "02.colwise_linear": ("02_parallel_inference.py", "column_parallel_linear"),
+              "02.gpipe_schedule": ("02_parallel_inference.py", "gpipe_schedule"),
+              "03.pack_int4": ("03_llm_quantization.py", "pack_int4"),
+              "03.unpack_int4": ("03_llm_quantization.py", "unpack_int4"),
+              "03.group_scales": ("03_llm_quantization.py", "group_scales"), "05.fold_bn": ("05_yolov7_ptq.py", "fold_bn"),
+              "05.percentile_amax": ("05_yolov7_ptq.py", "percentile_amax")}
+MUTATION_IDS = list(REFERENCES)
+
+
 def _reference(id):
     if id in NEEDS_EXTRA:
         require_extra(*NEEDS_EXTRA[id])
-    where = {"00.p90": ("00_environment.py", "p90"), "01.decode_spans": ("01_torchscript_triton.py", "decode_token_spans"),
-             "01.batching_stanza": ("01_torchscript_triton.py", "dynamic_batching_stanza"),
-             "02.colwise_linear": ("02_parallel_inference.py", "column_parallel_linear"),
-             "02.gpipe_schedule": ("02_parallel_inference.py", "gpipe_schedule"),
-             "03.pack_int4": ("03_llm_quantization.py", "pack_int4"),
-             "03.unpack_int4": ("03_llm_quantization.py", "unpack_int4"),
-             "03.group_scales": ("03_llm_quantization.py", "group_scales"), "05.fold_bn": ("05_yolov7_ptq.py", "fold_bn"),
-             "05.percentile_amax": ("05_yolov7_ptq.py", "percentile_amax")}
-    file, name = where[id]
+    file, name = REFERENCES[id]
     return solved(file, id)[name]
-
-
-MUTATION_IDS = ["00.p90", "01.decode_spans", "01.batching_stanza", "02.colwise_linear", "02.gpipe_schedule",
-                "03.pack_int4", "03.unpack_int4", "03.group_scales", "05.fold_bn", "05.percentile_amax"]
 
 
 @pytest.mark.parametrize("id", MUTATION_IDS)

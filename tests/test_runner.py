@@ -325,3 +325,4 @@ def test_kernel_sockets_live_in_a_private_folder_one_prefix_per_kernel(tmp_path,
     deep = manager().ip
     assert len(deep) + 3 <= 100 and not (tmp_path / ("d" * 120)).exists()
     assert os.stat(os.path.dirname(deep)).st_mode & 0o077 == 0
+    shutil.rmtree(os.path.dirname(deep))

@@ -56,11 +56,16 @@ class _Graph:
         self.inits.append(self.numpy_helper.from_array(np.asarray(array), name))
         return name
 
-    def op(self, op_type: str, *inputs: str, outputs: int = 1, domain: str = "", name: str | None = None, **attrs):
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, domain: str = "", name: str | list[str] | None = None,
+           **attrs):
+        """``name``: the output's name (or the outputs' names, a list) where the graph's interface fixes it."""
         self.n += 1
-        outs = [name] if name else [f"{op_type.lower()}_{self.n}_{i}" for i in range(outputs)]
+        if name:
+            outs = [name] if isinstance(name, str) else list(name)
+        else:
+            outs = [f"{op_type.lower()}_{self.n}_{i}" for i in range(outputs)]
         self.nodes.append(self.helper.make_node(op_type, list(inputs), outs, domain=domain, **attrs))
-        return outs[0] if outputs == 1 else outs
+        return outs[0] if len(outs) == 1 else outs
 
 
 def _weights(layer: nn.Module):
@@ -164,11 +169,10 @@ def _attention_fused(g: _Graph, x: str, attn: nn.Module, i: int) -> tuple[str, l
     the cache, and attends with a causal mask; ``seqlens_k`` (the last position) tells it where the new tokens are."""
     cfg = attn.cfg
     qkv = _linear(g, x, attn.W_pack)  # (1, T, (heads + 2·kv_heads)·head_dim): the "packed QKV" input
-    out, presents = f"attention_{i}", [f"present_key_{i}", f"present_value_{i}"]
-    g.nodes.append(g.helper.make_node(
-        "GroupQueryAttention", [qkv, "", "", f"past_key_{i}", f"past_value_{i}", "seqlens_k", "total_sequence_length",
-                                "cos_cache", "sin_cache"], [out, *presents], domain="com.microsoft",
-        num_heads=cfg.num_attention_heads, kv_num_heads=cfg.num_key_value_heads, do_rotary=1))
+    out, *presents = g.op("GroupQueryAttention", qkv, "", "", f"past_key_{i}", f"past_value_{i}", "seqlens_k",
+                          "total_sequence_length", "cos_cache", "sin_cache", domain="com.microsoft",
+                          name=[f"attention_{i}", f"present_key_{i}", f"present_value_{i}"],
+                          num_heads=cfg.num_attention_heads, kv_num_heads=cfg.num_key_value_heads, do_rotary=1)
     return _linear(g, out, attn.o_proj), presents
 
 
