@@ -326,3 +326,44 @@ def test_kernel_sockets_live_in_a_private_folder_one_prefix_per_kernel(tmp_path,
     assert len(deep) + 3 <= 100 and not (tmp_path / ("d" * 120)).exists()
     assert os.stat(os.path.dirname(deep)).st_mode & 0o077 == 0
     shutil.rmtree(os.path.dirname(deep))
+
+
+def test_a_stopped_kernel_leaves_no_socket_folder_behind(tmp_path, monkeypatch):
+    """The private temporary folder made for a kernel's sockets (runtime path too deep) goes when the kernel stops:
+    jupyter_client removes the sockets, the runner the folder. A real kernel, started, ready, shut down."""
+    import asyncio
+    import tempfile
+    from pathlib import Path
+
+    from course_lib.runner import execute
+
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / ("d" * 120)))
+    scratch = Path(tempfile.mkdtemp(prefix="tmp"))  # a temporary folder of the test's own, to look into
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    km = execute._ipc_kernel_manager()(kernel_name="python3")
+
+    async def cycle() -> tuple[Path, list[str]]:
+        await km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=120)  # a state, not a duration: the kernel answered on its sockets
+        live = sorted(p.name for p in Path(km.ip).parent.iterdir())
+        kc.stop_channels()
+        await km.shutdown_kernel()
+        await km.cleanup_resources()  # what nbclient calls after the shutdown: a second call changes nothing
+        return Path(km.ip).parent, live
+
+    folder, live = asyncio.run(cycle())
+    assert folder.parent == scratch and len(live) >= 5 and all(n.startswith("ipc-") for n in live), live
+    assert not folder.exists() and not list(scratch.iterdir())
+    scratch.rmdir()
+    # a folder that is not the runner's own, or not empty, stays
+    other = scratch.parent / f"{scratch.name}-other"
+    (other / "course-kernel-x").mkdir(parents=True)
+    execute._remove_fallback_folder(str(other / "course-kernel-x" / "ipc"))  # not in the temporary folder
+    assert (other / "course-kernel-x").exists()
+    monkeypatch.setattr(tempfile, "tempdir", str(other))
+    (other / "course-kernel-x" / "keep").write_text("x")
+    execute._remove_fallback_folder(str(other / "course-kernel-x" / "ipc"))  # not empty
+    assert (other / "course-kernel-x" / "keep").exists()
+    shutil.rmtree(other)

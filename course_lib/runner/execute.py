@@ -90,6 +90,9 @@ def _kernel_env(values: dict[str, str]):
                 os.environ[k] = v
 
 
+_FALLBACK_PREFIX = "course-kernel-"  # the private temporary folder of a kernel's sockets, when the runtime path is too deep
+
+
 def _ipc_prefix() -> str:
     """A fresh socket path prefix for one kernel: in Jupyter's private runtime folder (mode 0700), or in a private
     temporary folder when that path would be too long for a Unix socket (about 100 bytes on Linux and macOS)."""
@@ -102,7 +105,17 @@ def _ipc_prefix() -> str:
     if len(str(runtime / name)) + 3 <= 100:  # + "-NN", the channel's number
         runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
         return str(runtime / name)
-    return str(Path(tempfile.mkdtemp(prefix="course-kernel-")) / "ipc")
+    return str(Path(tempfile.mkdtemp(prefix=_FALLBACK_PREFIX)) / "ipc")
+
+
+def _remove_fallback_folder(ip: str) -> None:
+    """After jupyter_client removed a kernel's sockets: remove the private temporary folder :func:`_ipc_prefix`
+    made for them, if it made one and it is empty (a socket prefix in the runtime folder leaves nothing behind)."""
+    folder = Path(ip).parent
+    ours = Path(ip).name == "ipc" and folder.name.startswith(_FALLBACK_PREFIX)
+    if ours and folder.parent == Path(tempfile.gettempdir()):
+        with contextlib.suppress(OSError):  # not empty (something else wrote there) or already gone: leave it
+            folder.rmdir()
 
 
 @functools.cache
@@ -124,6 +137,13 @@ def _ipc_kernel_manager():
         @default("ip")
         def _ip_default(self) -> str:
             return _ipc_prefix()
+
+        async def _async_cleanup_resources(self, restart: bool = False) -> None:
+            await super()._async_cleanup_resources(restart=restart)
+            if not restart:  # a restarted kernel binds the same prefix again
+                _remove_fallback_folder(self.ip)
+
+        cleanup_resources = _async_cleanup_resources  # nbclient calls it after shutdown_kernel
 
     return IPCKernelManager
 
