@@ -1,7 +1,8 @@
 # The course's two commands (see README):
 #   make course   set up .venv, execute every notebook with papermill into build/course, and build the
 #                 course book from that run (its index.html path is the last line printed)
-#   make test     set up .venv and run the test suite (what .ci/run calls)
+#   make test     set up .venv and run the test suite, then the lessons' tests on torch's other CPU kernel
+#                 paths (test-kernel-paths; what .ci/run calls)
 # Other targets: make setup, make lab (JupyterLab on notebooks/), make clean-notebooks,
 #   make lock (refresh ci/constraints.txt), make gpu-check, make gpu-check-wheels (see README).
 
@@ -29,7 +30,7 @@ LLAMA_CMAKE_ARGS_amd64   := $(LLAMA_CMAKE_ARGS_x86_64)
 LLAMA_CMAKE_ARGS_arm64   := $(LLAMA_CMAKE_ARGS_aarch64)
 LLAMA_CMAKE_ARGS ?= $(LLAMA_CMAKE_ARGS_$(ARCH))
 
-.PHONY: setup course test lab clean-notebooks lock gpu-check gpu-check-wheels llama-flags
+.PHONY: setup course test test-kernel-paths lab clean-notebooks lock gpu-check gpu-check-wheels llama-flags
 
 setup: $(STAMP)
 
@@ -93,8 +94,32 @@ course: setup
 	$(BIN)/course book $(OUT) --out $(OUT)/book || exit $$?; \
 	exit $$status
 
+# `make test` = the whole suite, then the lessons' own tests again on torch's other CPU kernel paths: ATen's AVX2
+# kernels (an AVX2 laptop's, where CI's CPU runs AVX-512 ones) and its portable ones (`default`), with oneDNN and MKL
+# capped to the same ISA. Their parity checks and bands must hold there too, not only on CI's CPU. onnxruntime's MLAS,
+# llama.cpp and TVM pick their code at load or build time from the CPU itself: this does not cover them.
+# Each path gets its own Inductor cache: torch 2.13 serves a kernel compiled under another ATEN_CPU_CAPABILITY from a
+# shared cache (NaN outputs, or a heap corruption). KERNEL_PATHS= (empty) skips the reruns.
+X86_AVX2 ?= $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo avx2)
+KERNEL_PATHS_x86_64  := $(X86_AVX2) default
+KERNEL_PATHS_amd64   := $(KERNEL_PATHS_x86_64)
+KERNEL_PATHS_aarch64 := default
+KERNEL_PATHS_arm64   := default
+KERNEL_PATHS ?= $(KERNEL_PATHS_$(ARCH))
+ISA_CAP_x86_64_avx2    := ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+ISA_CAP_x86_64_default := ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2
+ISA_CAP_amd64_avx2     := $(ISA_CAP_x86_64_avx2)
+ISA_CAP_amd64_default  := $(ISA_CAP_x86_64_default)
+LESSON_TESTS := $(wildcard tests/test_l[0-9]*.py tests/test_exercises_*.py) tests/test_bench.py tests/test_hw.py
+
 test: setup
 	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory test-kernel-paths
+
+test-kernel-paths: setup
+	@$(foreach cap,$(KERNEL_PATHS),echo "== the lessons' tests on torch's '$(cap)' CPU kernels"; \
+	  env ATEN_CPU_CAPABILITY=$(cap) $(ISA_CAP_$(ARCH)_$(cap)) TORCHINDUCTOR_CACHE_DIR=$(CURDIR)/build/inductor-$(cap) \
+	  $(BIN)/python -m pytest -q -m "not notebooks" $(LESSON_TESTS) || exit $$?;) true
 
 lab: setup
 	$(BIN)/jupyter lab --notebook-dir=notebooks

@@ -1,3 +1,4 @@
+import os
 import time
 
 import pytest
@@ -194,3 +195,14 @@ def test_thread_pools_and_blas_env(monkeypatch):
     assert hw.blas_env() == {}
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
     assert hw.blas_env() == {"OPENBLAS_CORETYPE": "Haswell"}
+
+
+def test_torch_runs_the_kernel_path_the_run_asked_for():
+    """`make test` reruns the lessons' tests with ``ATEN_CPU_CAPABILITY=avx2`` and ``default``. torch ignores a value
+    it does not know (with a warning) or one above this CPU, so a misspelled or unsupported path would re-test CI's own
+    kernels under another name: the run must really be on the path it asked for, and cpu_features() must say so."""
+    asked = os.environ.get("ATEN_CPU_CAPABILITY", "").strip()
+    running = hw.cpu_features()["torch_capability"]
+    assert running == str(torch.backends.cpu.get_cpu_capability())
+    if asked:
+        assert running.lower() == asked.lower(), f"asked for {asked!r}, torch runs {running!r}"

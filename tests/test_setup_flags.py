@@ -54,3 +54,30 @@ def test_setup_passes_the_chosen_flags_to_pip():
                          capture_output=True, text=True, check=True).stdout
     line = next(ln for ln in out.splitlines() if "llama-cpp-python" in ln)
     assert line.startswith('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_CPU_ARM_ARCH=') and "AVX" not in line
+
+
+def kernel_path_runs(*overrides: str) -> list[str]:
+    """The pytest commands `make test` adds after the suite, one per torch CPU kernel path (setup not run: -n)."""
+    out = subprocess.run(["make", "-n", "-B", "test", "VENV=/nonexistent-venv", *overrides], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    return [part.strip() for ln in out.splitlines() for part in ln.split(";") if "ATEN_CPU_CAPABILITY=" in part]
+
+
+def test_make_test_reruns_the_lessons_tests_on_torchs_other_kernel_paths():
+    """x86-64: AVX2 (where the CPU has it) and the portable kernels, oneDNN and MKL capped alike; ARM: the portable
+    kernels only, no x86 caps. Each run has an Inductor cache of its own (a shared one serves kernels of another ISA)."""
+    x86 = kernel_path_runs("ARCH=x86_64", "X86_AVX2=avx2")
+    assert [r.split("ATEN_CPU_CAPABILITY=")[1].split()[0] for r in x86] == ["avx2", "default"]
+    assert "ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2" in x86[0]
+    assert "ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2" in x86[1]
+    assert all("tests/test_l3_fast.py" in r and "tests/test_exercises_l3.py" in r and "tests/test_notebooks.py" not in r
+               for r in x86)
+    caches = [r.split("TORCHINDUCTOR_CACHE_DIR=")[1].split()[0] for r in x86]
+    assert len(set(caches)) == 2 and all(c.endswith(("inductor-avx2", "inductor-default")) for c in caches)
+    no_avx2 = kernel_path_runs("ARCH=x86_64", "X86_AVX2=")
+    assert [r.split("ATEN_CPU_CAPABILITY=")[1].split()[0] for r in no_avx2] == ["default"]
+    for arch in ("aarch64", "arm64"):
+        arm = kernel_path_runs(f"ARCH={arch}")
+        assert len(arm) == 1 and "ATEN_CPU_CAPABILITY=default" in arm[0]
+        assert "ONEDNN" not in arm[0] and "MKL" not in arm[0]
+    assert kernel_path_runs("KERNEL_PATHS=") == []
