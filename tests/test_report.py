@@ -40,7 +40,8 @@ def test_reports_name_the_machine_and_its_cpu_features(tmp_path, monkeypatch):
     from course_lib import hw
     from course_lib.runner import NotebookResult, write_reports
 
-    feats = {"arch": "x86_64", "vendor": "GenuineIntel", "model": "Test Xeon 9999", "isa": ["avx2", "avx512f", "amx_int8"]}
+    feats = {"arch": "x86_64", "vendor": "GenuineIntel", "model": "Test Xeon 9999", "isa": ["avx2", "avx512f", "amx_int8"],
+             "torch_capability": "AVX2"}  # ATen's kernel path: lowered by ATEN_CPU_CAPABILITY (make test-kernel-paths)
     monkeypatch.setattr(hw, "cpu_features", lambda: dict(feats), raising=False)
     doc = write_reports(tmp_path, "cpu", "2026-12-05T00:00:00+00:00", {"00_x": NotebookResult("ok", 1.0)})
     saved = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
@@ -48,7 +49,10 @@ def test_reports_name_the_machine_and_its_cpu_features(tmp_path, monkeypatch):
     assert saved["machine"] == {"summary": hw.summary_line(), **feats}
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert f"- machine: {hw.summary_line()}" in md
-    assert "- cpu: Test Xeon 9999 (GenuineIntel, x86_64) · ISA: avx2, avx512f, amx_int8" in md
+    assert "- cpu: Test Xeon 9999 (GenuineIntel, x86_64) · ISA: avx2, avx512f, amx_int8 · torch kernels: AVX2\n" in md
+    monkeypatch.setattr(hw, "cpu_features", lambda: {k: v for k, v in feats.items() if k != "torch_capability"})
+    assert "torch_capability" not in write_reports(tmp_path, "cpu", "t", {})["machine"]  # unknown: no key, no words
+    assert "amx_int8\n" in (tmp_path / "report.md").read_text(encoding="utf-8")
 
     def broken():
         raise OSError("no /proc here")

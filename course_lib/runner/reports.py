@@ -78,8 +78,10 @@ def atomic_write(path: Path, text: str) -> None:
 def machine() -> dict:
     """The machine a run came from: ``hw.summary_line()`` plus the CPU's features when ``hw`` can read them.
 
-    ``{"summary": "python ... · torch ...", "arch": "x86_64", "vendor": "...", "model": "...", "isa": [...]}``;
-    the CPU keys are absent where ``hw.cpu_features`` is not available (or fails: then ``"cpu_error"`` says why).
+    ``{"summary": "python ... · torch ...", "arch": "x86_64", "vendor": "...", "model": "...", "isa": [...],
+    "torch_capability": "AVX512"}``: the last is the kernel path ATen runs here, which ``ATEN_CPU_CAPABILITY`` can
+    lower (``make test-kernel-paths``). The CPU keys are absent where ``hw.cpu_features`` is not available (or fails:
+    then ``"cpu_error"`` says why).
     """
     from course_lib import hw
 
@@ -90,18 +92,22 @@ def machine() -> dict:
             f = dict(features())
             entry.update({k: f.get(k) for k in ("arch", "vendor", "model")})
             entry["isa"] = [str(x) for x in f.get("isa") or []]
+            if f.get("torch_capability"):
+                entry["torch_capability"] = str(f["torch_capability"])
         except Exception as e:  # noqa: BLE001 - the report never fails because of its header
             entry["cpu_error"] = f"{type(e).__name__}: {last_line(e)}"
     return entry
 
 
 def cpu_line(entry: dict | None) -> str | None:
-    """One line for a machine entry's CPU: ``model (vendor, arch) · ISA avx2, avx512f, ...`` (None if unknown)."""
+    """One line for a machine entry's CPU: ``model (vendor, arch) · ISA: avx2, avx512f, ... · torch kernels: AVX512``
+    (None if unknown)."""
     if not isinstance(entry, dict) or not entry.get("model"):
         return None
     where = ", ".join(str(entry[k]) for k in ("vendor", "arch") if entry.get(k))
     isa = ", ".join(entry.get("isa") or []) or "none of the listed extensions"
-    return f"{entry['model']}" + (f" ({where})" if where else "") + f" · ISA: {isa}"
+    torch_path = f" · torch kernels: {entry['torch_capability']}" if entry.get("torch_capability") else ""
+    return f"{entry['model']}" + (f" ({where})" if where else "") + f" · ISA: {isa}" + torch_path
 
 
 def write_reports(out: Path, profile: str, started: str, results: dict[str, NotebookResult],
