@@ -250,7 +250,7 @@ def benchmark(
 
 def interleaved(calls: dict[str, Callable[[], object]], *, rounds: int, warmup: int = 1, items: int = 1,
                 unit: str = "items", extra: dict[str, dict] | None = None,
-                progress: bool = False) -> dict[str, BenchResult]:
+                progress: bool = False, self_timed: bool = False) -> dict[str, BenchResult]:
     """Time several callables in interleaved rounds, one call of each per round → ``{name: BenchResult}``.
 
     On a shared machine a burst of other work lands on whichever callable is being timed. Interleaving spreads it
@@ -258,6 +258,10 @@ def interleaved(calls: dict[str, Callable[[], object]], *, rounds: int, warmup: 
     of this function, never with a figure timed at another moment. Each call starts once this process's other
     threads are idle (:func:`settle`): one runtime's spinning thread pool must not slow the next one down. The first
     ``warmup`` rounds are untimed; ``extra`` adds columns per name (e.g. the threads a variant used).
+
+    By default a round's sample is one call of each, timed here. ``self_timed=True``: each callable measures itself
+    and returns its seconds per call (the mean or median of several calls, TVM's ``time_evaluator``), which becomes
+    the round's sample; the order, the settling and the warm-up rounds stay the same.
     """
     if not calls:
         raise ValueError("no callables to time")
@@ -272,11 +276,22 @@ def interleaved(calls: dict[str, Callable[[], object]], *, rounds: int, warmup: 
     for i in hw.progress(range(warmup + rounds), desc="interleaved rounds", disable=not progress):
         for name, fn in calls.items():
             settle()  # the previous callable's runtime (onnxruntime, OpenMP, llama.cpp) may still spin on the cores
-            t = time_calls(fn, 1)
+            t = _own_seconds(name, fn()) if self_timed else time_calls(fn, 1)[0]
             if i >= warmup:
-                times[name] += t
+                times[name].append(t)
     return {name: BenchResult(name, times[name], items=items, unit=unit, warmup=warmup, extra=dict(extra.get(name, {})))
             for name in calls}
+
+
+def _own_seconds(name: str, value) -> float:
+    """The seconds per call a self-timed callable returned, checked: a positive, finite number."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (0 < seconds < math.inf):
+        raise ValueError(f"{name}: a self-timed callable must return its seconds per call (> 0), got {value!r}")
+    return seconds
 
 
 def to_frame(results: Iterable[BenchResult]):

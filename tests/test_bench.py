@@ -220,3 +220,24 @@ def test_interleaved_times_one_call_of_each_per_round_after_the_warmup_rounds():
     with pytest.raises(ValueError, match=r"extra names no timed callable: \['c'\]"):
         bench.interleaved(calls, rounds=1, extra={"c": {}})
 
+
+def test_self_timed_callables_give_their_own_seconds_as_the_samples():
+    """A callable that times itself (a mean of several calls, TVM's time_evaluator) returns its seconds per call, and
+    those are the samples, in the same rounds; a value that is not a positive number is one clear line."""
+    order, own = [], {"a": iter([9.0, 1.0, 2.0, 3.0]), "b": iter([9.0, 0.5, 0.25, 0.125])}
+
+    def call(name):
+        def fn():
+            order.append(name)
+            return next(own[name])
+        return fn
+
+    res = bench.interleaved({"a": call("a"), "b": call("b")}, rounds=3, warmup=1, items=10, unit="FLOP",
+                            self_timed=True)
+    assert order == ["a", "b"] * 4
+    assert res["a"].times_s == [1.0, 2.0, 3.0] and res["b"].times_s == [0.5, 0.25, 0.125]  # round 0 (9.0) untimed
+    assert res["a"].median_s == 2.0 and res["b"].throughput == pytest.approx(10 / 0.25)
+    for bad in (None, 0.0, -1.0, float("nan"), float("inf"), "fast"):
+        with pytest.raises(ValueError, match=r"^x: a self-timed callable must return its seconds per call"):
+            bench.interleaved({"x": lambda bad=bad: bad}, rounds=1, warmup=0, self_timed=True)
+

@@ -25,6 +25,7 @@ it on another; a fixed rule was wrong on one of the two CPU families the course 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -156,22 +157,25 @@ def _per_call_s(sess, a: np.ndarray, calls: int) -> float:
 
 
 def calibrate_threads(b, s, bits, block, in_features, max_threads: int, rounds: int = 7, calls: int = 20) -> dict:
-    """Time a batch-1 call with 1 and with ``max_threads`` threads in interleaved rounds → {threads: median s/call}."""
+    """Time a batch-1 call with 1 and with ``max_threads`` threads in interleaved rounds → {threads: median s/call}.
+
+    The rounds are :func:`course_lib.bench.interleaved`'s: a sample is the mean of ``calls`` calls of one session, taken
+    after the other session's threads stopped spinning."""
+    from course_lib import bench
+
     a = np.random.default_rng(0).standard_normal((1, in_features), dtype=np.float32)
     sessions = {n: matmulnbits_session(b, s, bits, block, in_features, n) for n in sorted({1, max_threads})}
-    times = {n: [] for n in sessions}
     for sess in sessions.values():
         _per_call_s(sess, a, 3)  # warm: the first run allocates
-    for _ in range(rounds):
-        for n, sess in sessions.items():
-            times[n].append(_per_call_s(sess, a, calls))
-    return {n: float(np.median(t)) for n, t in times.items()}
+    res = bench.interleaved({str(n): functools.partial(_per_call_s, sess, a, calls) for n, sess in sessions.items()},
+                            rounds=rounds, warmup=0, unit="calls", self_timed=True)
+    return {n: res[str(n)].median_s for n in sessions}
 
 
 def choose_threads(b, s, bits: int, block: int, in_features: int, max_threads: int | None = None) -> int:
     """1 or ``max_threads`` (default torch's): whichever measured faster here for this shape and format.
 
-    Measured once (:func:`calibrate_threads`, ~0.1 s per shape) and cached in ``paths.cache_dir("l3")/fast_threads.json``
+    Measured once (:func:`calibrate_threads`, ~0.3 s per shape) and cached in ``paths.cache_dir("l3")/fast_threads.json``
     keyed by CPU model, ISA, shape, format and ``max_threads``; delete that file (or call :func:`forget_thread_choices`)
     to measure again, e.g. after the machine's load changed."""
     max_threads = int(max_threads or torch.get_num_threads())

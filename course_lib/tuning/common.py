@@ -122,14 +122,14 @@ def torch_matmul_settings(n: int, settings: dict, rounds: int = 5, number: int =
 
     Notebook 00 uses it to find why its matmul figure differs from lesson 4's: ``inputs`` is ``"randn"`` (``torch.randn``
     tensors, as in notebook 00) or ``"numpy"`` (numpy uniform floats wrapped with ``torch.from_numpy``, as in lesson 4).
-    Each round runs every setting in turn (``bench.benchmark``, 1 warm-up call, ``number`` timed calls, their median), so
-    all settings see the same load. Returns ``{name: FLOP-unit BenchResult}`` with one sample per round; torch's thread
-    count is restored afterwards.
+    Each round runs every setting in turn (:func:`course_lib.bench.interleaved`; a sample is ``bench.benchmark``'s median
+    of ``number`` timed calls after 1 warm-up call), so all settings see the same load. Returns
+    ``{name: FLOP-unit BenchResult}`` with one sample per round; torch's thread count is restored afterwards.
     """
     import numpy as np
     import torch
 
-    from course_lib.bench import BenchResult, benchmark
+    from course_lib import bench
 
     if rounds < 1 or number < 1:
         raise ValueError(f"rounds and number must be >= 1, got {rounds} and {number}")
@@ -142,15 +142,21 @@ def torch_matmul_settings(n: int, settings: dict, rounds: int = 5, number: int =
     for name, (threads, kind) in settings.items():
         if kind not in INPUTS or int(threads) < 1:
             raise ValueError(f"{name}: threads must be >= 1 and inputs one of {INPUTS}, got ({threads!r}, {kind!r})")
+
+    # a setting's sample: its threads, 1 untimed call, the median of `number` timed ones; bench.interleaved makes the
+    # rounds (every setting in turn, each after bench.settle()), so all settings see the same load
+    def one_sample(threads: int, kind: str):
+        a, b = inputs[kind]
+
+        def sample() -> float:
+            torch.set_num_threads(int(threads))
+            return bench.benchmark(lambda: a @ b, warmup=1, repeat=number).median_s
+
+        return sample
+
     before = torch.get_num_threads()
-    samples = {name: [] for name in settings}
     try:
-        for _ in range(rounds):
-            for name, (threads, kind) in settings.items():
-                torch.set_num_threads(int(threads))
-                a, b = inputs[kind]
-                samples[name].append(benchmark(lambda: a @ b, warmup=1, repeat=number).median_s)
+        return bench.interleaved({name: one_sample(*setting) for name, setting in settings.items()}, rounds=rounds,
+                                 warmup=0, items=matmul_flops(n, n, n), unit="FLOP", self_timed=True)
     finally:
         torch.set_num_threads(before)
-    return {name: BenchResult(name=name, times_s=t, items=matmul_flops(n, n, n), unit="FLOP", warmup=1)
-            for name, t in samples.items()}

@@ -223,8 +223,8 @@ def time_interleaved(kernels: dict, data: MatmulData, rounds: int = 10, number: 
     sample per round, the same rule for all. Returns ``{name: FLOP-unit BenchResult}`` with ``rounds`` samples each;
     ratios between them use one measurement of each (never a reference timed at another moment).
 
-    Each sample starts once the other runtime's worker threads have stopped spinning
-    (:func:`course_lib.bench.settle`): TVM's pool and torch's OpenMP keep spinning after a call, and a kernel timed
+    The rounds are :func:`course_lib.bench.interleaved`'s, each kernel timing itself (``self_timed``). Each sample
+    starts once the other runtime's worker threads have stopped spinning (:func:`course_lib.bench.settle`): TVM's pool and torch's OpenMP keep spinning after a call, and a kernel timed
     right after the other runtime shares its cores with them (notebook 04 measures how much). Every sample then makes
     one untimed call first (a first call after an idle pause is slow: its threads are asleep).
     """
@@ -262,13 +262,8 @@ def time_interleaved(kernels: dict, data: MatmulData, rounds: int = 10, number: 
                 return float(ev(*data.args).results[0])
 
         calls[name] = timed
-    times = {name: [] for name in kernels}
-    with torch.no_grad():
-        for _ in range(rounds):
-            for name, timed in calls.items():
-                bench.settle()
-                times[name].append(timed())
-    return {name: bench.BenchResult(name=name, times_s=t, items=flop, unit="FLOP", warmup=1) for name, t in times.items()}
+    with torch.no_grad():  # each round: every kernel in turn, each sample after bench.settle(), its own mean of `number`
+        return bench.interleaved(calls, rounds=rounds, warmup=0, items=flop, unit="FLOP", self_timed=True)
 
 
 def separated(a, b) -> bool:
