@@ -111,6 +111,8 @@ def test_graph_variant_in_the_decoding_benchmark():
     v = decode.Variant("int8 graph", 8, None, "fast", lm_head=True, graph=True)
     dec = v.build(fp)
     assert isinstance(dec, onnx_decode.GraphDecoder) and dec.source_model is not fp
+    assert dec.threads == torch.get_num_threads() and v.build(fp, threads=3).threads == 3  # the benchmark's threads
+    assert v.build(fp, threads=3).session.get_session_options().intra_op_num_threads == 3
     (r, mb), = decode.interleaved(fp, [v], torch.tensor([[3, 4, 5]]), new_tokens=4, warmup=0, repeat=1, progress=False)
     assert r.items == 4 and len(r.times_s) == 1
     assert 0 < mb < 4 * sum(p.numel() for p in fp.parameters()) / 1e6 / 3  # int8 layout: under a third of fp32
@@ -131,3 +133,60 @@ def test_graph_bad_input():
     with pytest.raises(TypeError, match="beams"):
         dec.stream_ids(torch.tensor([[1, 2]]), 3, beams=4)
     assert len(list(dec.stream_ids(torch.tensor([[1, 2]]), 3, do_sample=False, temperature=1.0, use_cache=True))) == 3
+
+
+def test_profile_ops_counts_every_operator_of_a_decoding_step():
+    """onnxruntime's profiler over the decoding steps, by operator type: each step runs every GEMV once (4 per layer
+    and the head) and one GroupQueryAttention per layer; the shares add up; the kernels fit inside the step."""
+    model = _model(8, None, kernel="fast", lm_head=True)
+    dec = onnx_decode.GraphDecoder(model)
+    layers = model.config.num_hidden_layers
+    table, summary = onnx_decode.profile_ops(dec, torch.tensor([3, 4, 5]), new_tokens=3)
+    ops = table.set_index("op")
+    assert summary["steps"] == 3
+    assert ops.loc["MatMulNBits", "calls_per_token"] == 4 * layers + 1
+    assert ops.loc["GroupQueryAttention", "calls_per_token"] == layers
+    proto = onnx_decode.build_decode_graph(model, None, True)
+    # every node runs once per step, unless onnxruntime's own graph optimizations merged some at load time
+    assert 0 < ops.calls_per_token.sum() <= len(proto.graph.node)
+    assert ops.share.sum() == pytest.approx(1.0) and (ops.us_per_token > 0).all()
+    assert 0 < summary["kernels_us"] <= summary["run_us"] and summary["between_us"] == pytest.approx(
+        summary["run_us"] - summary["kernels_us"])
+    assert list(table.us_per_token) == sorted(table.us_per_token, reverse=True)
+    with pytest.raises(ValueError, match="new_tokens must be >= 1"):
+        onnx_decode.profile_ops(dec, torch.tensor([3]), new_tokens=0)
+    with pytest.raises(TypeError, match="needs a GraphDecoder"):
+        onnx_decode.profile_ops(model, torch.tensor([3]))
+
+
+def test_gemv_only_graph_reproduces_each_gemv_and_gemv_share_times_both():
+    """The GEMV-only graph holds the decoder's MatMulNBits with their weights: fed one layer's input it gives that
+    layer's output exactly. gemv_share times it next to a whole step in the same rounds."""
+    import onnxruntime as ort
+
+    from course_lib.llm.fast import session_options
+
+    model = _model(4, 32, kernel="fast", lm_head=8)
+    dec = onnx_decode.GraphDecoder(model)
+    proto = onnx_decode.build_decode_graph(model, None, True)
+    gemv = onnx_decode.gemv_only_graph(proto)
+    layers = model.config.num_hidden_layers
+    assert [n.op_type for n in gemv.graph.node] == ["MatMulNBits"] * (4 * layers + 1)
+    widths = {model.config.hidden_size, model.config.intermediate_size}
+    assert {i.name for i in gemv.graph.input} == {f"A_{k}" for k in widths}
+    sess = ort.InferenceSession(gemv.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"])
+    x = {f"A_{k}": torch.randn(1, 1, k, generator=torch.Generator().manual_seed(k)).numpy() for k in widths}
+    outs = dict(zip([o.name for o in gemv.graph.output], sess.run(None, x)))
+    # the first GEMV is layer 0's W_pack: the same as running that layer's fast kernel on the same input
+    first = gemv.graph.node[0]
+    w_pack = model.model.layers[0].self_attn.W_pack
+    with torch.no_grad():
+        want = w_pack(torch.from_numpy(x[f"A_{model.config.hidden_size}"]))
+    assert torch.allclose(torch.from_numpy(outs[first.output[0]]), want, atol=1e-5, rtol=1e-4)
+    res = onnx_decode.gemv_share(dec, torch.tensor([3, 4, 5]), rounds=3, warmup=1)
+    assert list(res) == ["whole step", "MatMulNBits alone"]
+    assert all(len(r.times_s) == 3 and r.median_s > 0 for r in res.values())
+    assert res["whole step"].extra["operators"] == len(proto.graph.node)
+    assert res["MatMulNBits alone"].extra["operators"] == 4 * layers + 1
+    with pytest.raises(ValueError, match="no MatMulNBits operator: quantize the model"):
+        onnx_decode.gemv_only_graph(onnx_decode.build_decode_graph(_model(), None, True))

@@ -31,15 +31,16 @@ class Variant:
     spin: bool = True  # graph only: onnxruntime's threads spin between operators (False: they sleep)
     fused_attention: bool | None = None  # graph only: GroupQueryAttention (None: for RoPE models; False: readable ops)
 
-    def build(self, fp_model):
-        """A quantized copy of ``fp_model`` (the float model itself for bits=None), or its one-graph decoder."""
+    def build(self, fp_model, threads: int | None = None):
+        """A quantized copy of ``fp_model`` (the float model itself for bits=None), or its one-graph decoder with
+        ``threads`` onnxruntime threads (None: torch's current count; eager variants use torch's threads)."""
         model = fp_model
         if self.bits is not None:
             model = copy.deepcopy(fp_model).quantize(self.bits, self.group_size, kernel=self.kernel, lm_head=self.lm_head)
         if self.graph:
             from course_lib.llm.onnx_decode import GraphDecoder
 
-            return GraphDecoder(model, spin=self.spin, fused_attention=self.fused_attention)
+            return GraphDecoder(model, threads=threads, spin=self.spin, fused_attention=self.fused_attention)
         return model
 
 

@@ -24,7 +24,9 @@ The attention comes in two spellings with the same inputs and outputs per layer 
 
 :class:`GraphDecoder` runs it: one ``session.run`` per token, the KV cache passed in and out as arrays. Its logits
 match the eager model running the same kernels to float rounding, in both spellings (tested); the decoding
-benchmark of notebook 03 times it next to the eager fast path and llama.cpp.
+benchmark of notebook 03 times it next to the eager fast path and llama.cpp. Where a token's time goes inside the
+graph: :func:`gemv_share` (the step against its ``MatMulNBits`` operators alone, unprofiled) and :func:`profile_ops`
+(onnxruntime's profiler, by operator type).
 """
 
 from __future__ import annotations
@@ -279,6 +281,7 @@ class GraphDecoder:
                              "build it from a CPU copy (model.cpu())")
         self.source_model, self.config = model, model.config  # kept: the bytes per token are counted on it
         self.fused_attention = check_fused(model.config, fused_attention)
+        self.accuracy_level = accuracy_level
         proto = build_decode_graph(model, accuracy_level, self.fused_attention)
         self._rope_rows = 0  # fused: the half cos/sin tables, grown on demand (positions 0 … rows - 1)
         self.threads = int(threads or torch.get_num_threads())
@@ -345,3 +348,110 @@ class GraphDecoder:
         if use_cache is not True:
             raise ValueError("GraphDecoder always decodes with its KV cache (use_cache=False is not supported)")
         return decode_stream(lambda step_in, past, seq: self.step(step_in, past), input_ids, max_new_tokens, **kw)
+
+
+def profile_ops(decoder: GraphDecoder, prompt_ids, new_tokens: int = 16):
+    """Where a token's time goes inside the one graph, by operator type: onnxruntime's own profiler → (table, summary).
+
+    A second session of ``decoder``'s graph (same threads, spinning and kernels) runs with profiling on: the prompt,
+    then ``new_tokens`` greedy decoding steps. For those steps the profiler's per-node ``*_kernel_time`` events are
+    summed by operator type. The table (a DataFrame, the slowest first) has ``op``, ``calls_per_token``,
+    ``us_per_token`` and ``share`` (of all kernels' time). ``summary``: ``run_us`` (the mean decoding step as the
+    profiler saw it), ``kernels_us`` (the kernels' sum per step), ``between_us`` (the rest: the executor's work
+    between kernels, plus the profiler's own), ``steps``. The profiler adds work per operator, so its ``run_us`` is
+    slower than an unprofiled step: compare shares between kernels, and the step time with an unprofiled benchmark.
+    """
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import pandas as pd
+
+    ort = hw.require("onnxruntime", "llm", what="the graph profiler")
+    from course_lib.llm.fast import session_options
+
+    if not isinstance(decoder, GraphDecoder):
+        raise TypeError(f"profile_ops needs a GraphDecoder, got {type(decoder).__name__}")
+    if int(new_tokens) < 1:
+        raise ValueError(f"new_tokens must be >= 1, got {new_tokens}")
+    ids = torch.as_tensor(prompt_ids)
+    ids = ids[None] if ids.dim() == 1 else ids
+    proto = build_decode_graph(decoder.source_model, decoder.accuracy_level, decoder.fused_attention)
+    with tempfile.TemporaryDirectory(prefix="ort-profile-") as tmp:
+        so = session_options(decoder.threads, spin=decoder.spin)
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "graph")
+        session = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        out = session.run(None, decoder._feeds(ids, decoder.empty_cache()))  # the prompt: not in the table
+        for _ in range(int(new_tokens)):
+            step = torch.tensor([[int(np.argmax(out[0][0, -1]))]])
+            out = session.run(None, decoder._feeds(step, out[1:]))
+        events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
+    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"][1:]  # decoding steps
+    windows = [(e["ts"], e["ts"] + e["dur"]) for e in runs]
+    by_op: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
+            if any(a <= e["ts"] <= b for a, b in windows):
+                by_op.setdefault(e["args"]["op_name"], []).append(float(e["dur"]))
+    n = len(runs)
+    kernels_us = sum(map(sum, by_op.values())) / n
+    table = pd.DataFrame([{"op": op, "calls_per_token": len(d) / n, "us_per_token": sum(d) / n,
+                           "share": sum(d) / n / kernels_us} for op, d in by_op.items()])
+    table = table.sort_values("us_per_token", ascending=False, ignore_index=True)
+    run_us = sum(e["dur"] for e in runs) / n
+    return table, {"steps": n, "run_us": run_us, "kernels_us": kernels_us, "between_us": run_us - kernels_us}
+
+
+def gemv_only_graph(proto):
+    """The decoding graph's ``MatMulNBits`` operators alone: the same weights, attributes and order, each reading a
+    graph input of its width (``A_<K>``, shape (1, 1, K)) instead of the previous operator's output. Timed next to
+    the whole step (:func:`gemv_share`), it says how much of a token the weight-reading kernels take, unprofiled."""
+    from onnx import TensorProto, helper
+
+    nodes = [n for n in proto.graph.node if n.op_type == "MatMulNBits"]
+    if not nodes:
+        raise ValueError("the graph has no MatMulNBits operator: quantize the model before building its decoder")
+    inits = {t.name: t for t in proto.graph.initializer}
+    widths = sorted({next(a.i for a in n.attribute if a.name == "K") for n in nodes})
+    copies = []
+    for n in nodes:
+        k = next(a.i for a in n.attribute if a.name == "K")
+        copy = helper.make_node("MatMulNBits", [f"A_{k}", *n.input[1:]], list(n.output), domain=n.domain)
+        copy.attribute.extend(n.attribute)
+        copies.append(copy)
+    graph = helper.make_graph(
+        copies, "gemv_only", [helper.make_tensor_value_info(f"A_{k}", TensorProto.FLOAT, [1, 1, k]) for k in widths],
+        [helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, None) for n in copies],
+        initializer=[inits[name] for n in copies for name in n.input[1:] if name in inits])
+    return helper.make_model(graph, opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
+
+
+def gemv_share(decoder: GraphDecoder, prompt_ids, rounds: int = 15, warmup: int = 2) -> dict:
+    """One decoding step of ``decoder`` and its ``MatMulNBits`` operators alone (:func:`gemv_only_graph`), timed in
+    the same interleaved rounds without a profiler → ``{"whole step": BenchResult, "MatMulNBits alone": BenchResult}``
+    (``extra``: the operators each runs). Both sessions have the decoder's threads and spinning; the step is the
+    first one after the prompt, repeated from the same cache. Their quotient is the weight-reading kernels' share
+    of a token; the rest is every other operator and the executor between them."""
+    from course_lib import bench
+
+    ort = hw.require("onnxruntime", "llm", what="the graph's GEMV share")
+    from course_lib.llm.fast import session_options
+
+    if not isinstance(decoder, GraphDecoder):
+        raise TypeError(f"gemv_share needs a GraphDecoder, got {type(decoder).__name__}")
+    proto = build_decode_graph(decoder.source_model, decoder.accuracy_level, decoder.fused_attention)
+    gemv = gemv_only_graph(proto)
+    alone = ort.InferenceSession(gemv.SerializeToString(), session_options(decoder.threads, spin=decoder.spin),
+                                 providers=["CPUExecutionProvider"])
+    ids = torch.as_tensor(prompt_ids)
+    ids = ids[None] if ids.dim() == 1 else ids
+    out = decoder.session.run(None, decoder._feeds(ids, decoder.empty_cache()))
+    feeds = decoder._feeds(torch.tensor([[int(np.argmax(out[0][0, -1]))]]), out[1:])
+    rng = np.random.default_rng(0)
+    gemv_feeds = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+                  for i in gemv.graph.input}
+    return bench.interleaved(
+        {"whole step": lambda: decoder.session.run(None, feeds), "MatMulNBits alone": lambda: alone.run(None, gemv_feeds)},
+        rounds=rounds, warmup=warmup, unit="tokens",
+        extra={"whole step": {"operators": len(proto.graph.node)}, "MatMulNBits alone": {"operators": len(gemv.graph.node)}})
