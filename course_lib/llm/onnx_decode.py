@@ -257,6 +257,12 @@ def build_decode_graph(model, accuracy_level: int | None = None, fused_attention
                                                      g.helper.make_opsetid("com.microsoft", 1)])
 
 
+def _batch(ids) -> torch.Tensor:
+    """Token ids as a batch of one, (1, T): a (T,) sequence gets its batch dimension."""
+    ids = torch.as_tensor(ids)
+    return ids[None] if ids.dim() == 1 else ids
+
+
 class GraphDecoder:
     """Decoding with one onnxruntime call per token (:func:`build_decode_graph`); ``stream_ids`` like the model's.
 
@@ -268,13 +274,11 @@ class GraphDecoder:
 
     def __init__(self, model, threads: int | None = None, accuracy_level: int | None = None, spin: bool = True,
                  fused_attention: bool | None = None):
-        ort = hw.require("onnxruntime", "llm", what="the whole-graph decoder")
+        hw.require("onnxruntime", "llm", what="the whole-graph decoder")
         from course_lib.llm.baichuan import BaichuanForCausalLM
 
         if not isinstance(model, BaichuanForCausalLM):
             raise TypeError(f"GraphDecoder needs a BaichuanForCausalLM, got {type(model).__name__}")
-        from course_lib.llm.fast import session_options
-
         off_cpu = sorted({str(p.device) for p in model.parameters()} - {"cpu"})
         if off_cpu:
             raise ValueError(f"GraphDecoder runs on onnxruntime's CPU provider but the model is on {', '.join(off_cpu)}: "
@@ -282,13 +286,28 @@ class GraphDecoder:
         self.source_model, self.config = model, model.config  # kept: the bytes per token are counted on it
         self.fused_attention = check_fused(model.config, fused_attention)
         self.accuracy_level = accuracy_level
-        proto = build_decode_graph(model, accuracy_level, self.fused_attention)
         self._rope_rows = 0  # fused: the half cos/sin tables, grown on demand (positions 0 … rows - 1)
         self.threads = int(threads or torch.get_num_threads())
         self.spin = bool(spin)  # one session runs every operator of a token: its threads wait for the next one spinning
+        self.session = self.new_session(self.graph())
+
+    def graph(self):
+        """The ONNX graph this decoder runs, built again from its model (not kept: the session holds the weights)."""
+        return build_decode_graph(self.source_model, self.accuracy_level, self.fused_attention)
+
+    def new_session(self, proto, profile_prefix: str | None = None):
+        """An onnxruntime CPU session of ``proto`` with this decoder's threads and spinning; ``profile_prefix``: with
+        onnxruntime's profiler on, writing its JSON there (:func:`profile_ops`)."""
+        import onnxruntime as ort
+
+        from course_lib.llm.fast import session_options
+
         so = session_options(self.threads, spin=self.spin)
+        if profile_prefix is not None:
+            so.enable_profiling = True
+            so.profile_file_prefix = str(profile_prefix)
         # > 2 GB protobufs cannot be serialized in one piece: larger models would need external data
-        self.session = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
     def _rope_cache(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
         """The fused graph's half RoPE tables for positions 0 … ≥ rows - 1, built once and doubled when outgrown."""
@@ -334,9 +353,7 @@ class GraphDecoder:
 
     def __call__(self, input_ids: torch.Tensor):
         """``.logits`` (1, T, vocab) of a whole sequence from an empty cache, like the model's forward (perplexity)."""
-        ids = torch.as_tensor(input_ids)
-        ids = ids[None] if ids.dim() == 1 else ids
-        out = self.session.run(["logits"], self._feeds(ids, self.empty_cache()))
+        out = self.session.run(["logits"], self._feeds(_batch(input_ids), self.empty_cache()))
         return SimpleNamespace(logits=torch.from_numpy(out[0]))
 
     def stream_ids(self, input_ids, max_new_tokens: int = 64, use_cache: bool = True, **kw):
@@ -367,22 +384,13 @@ def profile_ops(decoder: GraphDecoder, prompt_ids, new_tokens: int = 16):
 
     import pandas as pd
 
-    ort = hw.require("onnxruntime", "llm", what="the graph profiler")
-    from course_lib.llm.fast import session_options
-
     if not isinstance(decoder, GraphDecoder):
         raise TypeError(f"profile_ops needs a GraphDecoder, got {type(decoder).__name__}")
     if int(new_tokens) < 1:
         raise ValueError(f"new_tokens must be >= 1, got {new_tokens}")
-    ids = torch.as_tensor(prompt_ids)
-    ids = ids[None] if ids.dim() == 1 else ids
-    proto = build_decode_graph(decoder.source_model, decoder.accuracy_level, decoder.fused_attention)
     with tempfile.TemporaryDirectory(prefix="ort-profile-") as tmp:
-        so = session_options(decoder.threads, spin=decoder.spin)
-        so.enable_profiling = True
-        so.profile_file_prefix = str(Path(tmp) / "graph")
-        session = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        out = session.run(None, decoder._feeds(ids, decoder.empty_cache()))  # the prompt: not in the table
+        session = decoder.new_session(decoder.graph(), profile_prefix=Path(tmp) / "graph")
+        out = session.run(None, decoder._feeds(_batch(prompt_ids), decoder.empty_cache()))  # the prompt: not in the table
         for _ in range(int(new_tokens)):
             step = torch.tensor([[int(np.argmax(out[0][0, -1]))]])
             out = session.run(None, decoder._feeds(step, out[1:]))
@@ -435,18 +443,12 @@ def gemv_share(decoder: GraphDecoder, prompt_ids, rounds: int = 15, warmup: int 
     of a token; the rest is every other operator and the executor between them."""
     from course_lib import bench
 
-    ort = hw.require("onnxruntime", "llm", what="the graph's GEMV share")
-    from course_lib.llm.fast import session_options
-
     if not isinstance(decoder, GraphDecoder):
         raise TypeError(f"gemv_share needs a GraphDecoder, got {type(decoder).__name__}")
-    proto = build_decode_graph(decoder.source_model, decoder.accuracy_level, decoder.fused_attention)
+    proto = decoder.graph()
     gemv = gemv_only_graph(proto)
-    alone = ort.InferenceSession(gemv.SerializeToString(), session_options(decoder.threads, spin=decoder.spin),
-                                 providers=["CPUExecutionProvider"])
-    ids = torch.as_tensor(prompt_ids)
-    ids = ids[None] if ids.dim() == 1 else ids
-    out = decoder.session.run(None, decoder._feeds(ids, decoder.empty_cache()))
+    alone = decoder.new_session(gemv)
+    out = decoder.session.run(None, decoder._feeds(_batch(prompt_ids), decoder.empty_cache()))
     feeds = decoder._feeds(torch.tensor([[int(np.argmax(out[0][0, -1]))]]), out[1:])
     rng = np.random.default_rng(0)
     gemv_feeds = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)

@@ -224,9 +224,10 @@ def time_interleaved(kernels: dict, data: MatmulData, rounds: int = 10, number: 
     ratios between them use one measurement of each (never a reference timed at another moment).
 
     The rounds are :func:`course_lib.bench.interleaved`'s, each kernel timing itself (``self_timed``). Each sample
-    starts once the other runtime's worker threads have stopped spinning (:func:`course_lib.bench.settle`): TVM's pool and torch's OpenMP keep spinning after a call, and a kernel timed
-    right after the other runtime shares its cores with them (notebook 04 measures how much). Every sample then makes
-    one untimed call first (a first call after an idle pause is slow: its threads are asleep).
+    starts once the other runtime's worker threads have stopped spinning (:func:`course_lib.bench.settle`): TVM's pool
+    and torch's OpenMP keep spinning after a call, and a kernel timed right after the other runtime shares its cores
+    with them (notebook 04 measures how much). Every sample then makes one untimed call first (a first call after an
+    idle pause is slow: its threads are asleep).
     """
     import time
 
